@@ -1,0 +1,757 @@
+package nodestore
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+)
+
+// diskStore is the persistent store. See the package doc for the file
+// formats, durability and the lock order.
+type diskStore struct {
+	dir   string
+	log   *slog.Logger
+	keys  keys
+	mac   *macer
+	gen   uint64
+	cache *cache
+	bufs  sync.Pool // of *[slotSize]byte
+	// isClosed mirrors closed for Get's lock-free cache hits.
+	isClosed atomic.Bool
+
+	// mu: readers (Get, ByIno, Mounts, Sync) hold it shared, writers
+	// exclusively. It also orders cache fills against writes (see cache).
+	mu       sync.RWMutex
+	closed   bool          // +checklocks:mu
+	metaF    *os.File      // +checklocks:mu
+	recF     *os.File      // +checklocks:mu
+	ixF      *os.File      // +checklocks:mu
+	recFD    int           // +checklocks:mu
+	hdr      header        // +checklocks:mu
+	next     NodeID        // +checklocks:mu; next nodeid to hand out
+	allocEnd int64         // +checklocks:mu; records file bytes preallocated
+	noFalloc bool          // +checklocks:mu; the fs refused fallocate
+	ix       index         // +checklocks:mu
+	mounts   []MountRecord // +checklocks:mu
+}
+
+const (
+	// reserveBatch nodeids are reserved (header written and fdatasync'ed)
+	// at a time, so a crash of any kind can skip nodeids but never hand
+	// one out twice.
+	reserveBatch = 1 << 16
+	// allocChunk bytes of the records file are preallocated at a time, so
+	// a full disk fails an Insert before it writes anything.
+	allocChunk        = 1 << 20
+	defaultCacheBytes = 8 << 20
+)
+
+// Open opens the persistent store in dir, creating dir (mode 0700) and the
+// store if they do not exist. Only one process may have a store open.
+func Open(dir string, opts Options) (Store, error) {
+	s, err := open(dir, opts)
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func open(dir string, opts Options) (*diskStore, error) {
+	logger := opts.Logger
+	if logger == nil {
+		logger = slog.Default()
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("nodestore: %w", err)
+	}
+	key := opts.Key
+	if key == nil {
+		var err error
+		if key, err = loadKey(dir); err != nil {
+			return nil, err
+		}
+	} else if len(key) < 16 {
+		return nil, fmt.Errorf("nodestore: key is %d bytes, need at least 16", len(key))
+	}
+	cacheBytes := opts.CacheBytes
+	if cacheBytes <= 0 {
+		cacheBytes = defaultCacheBytes
+	}
+	s := &diskStore{
+		dir:   dir,
+		log:   logger.With("store", dir),
+		keys:  deriveKeys(key),
+		cache: newCache(cacheBytes),
+	}
+	s.bufs.New = func() any { return new([slotSize]byte) }
+	s.ix.k0 = binary.LittleEndian.Uint64(s.keys.index)
+	s.ix.k1 = binary.LittleEndian.Uint64(s.keys.index[8:])
+	s.ix.fd = -1
+	if err := s.openFiles(); err != nil {
+		s.closeFiles()
+		return nil, fmt.Errorf("nodestore: open %s: %w", dir, err)
+	}
+	return s, nil
+}
+
+func (s *diskStore) openFiles() error {
+	var err error
+	s.metaF, err = os.OpenFile(filepath.Join(s.dir, metaFile), os.O_RDWR|os.O_CREATE|unix.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return err
+	}
+	metaFD := int(s.metaF.Fd())
+	if err := unix.Flock(metaFD, unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		return fmt.Errorf("store is in use by another process: %w", err)
+	}
+	hdr, err := readHeader(metaFD, s.keys.header)
+	fresh := false
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		// Both copies empty: a new store, unless records exist.
+		if st, err := os.Stat(filepath.Join(s.dir, recordsFile)); err == nil && st.Size() > 0 {
+			return errors.New("header missing but records file is not empty")
+		}
+		fresh = true
+		hdr = header{generation: newGeneration(), reserved: RootID, indexSeq: 1, indexBits: minIndexBits}
+		if err := unix.Fallocate(metaFD, 0, 0, 2*headerStride); err != nil && !errors.Is(err, unix.EOPNOTSUPP) {
+			return fmt.Errorf("allocate header: %w", err)
+		}
+	case err != nil:
+		return fmt.Errorf("read header: %w", err)
+	}
+	s.hdr = hdr
+	s.gen = hdr.generation
+	s.mac = newMacer(s.keys.record, s.gen)
+
+	s.recF, err = os.OpenFile(filepath.Join(s.dir, recordsFile), os.O_RDWR|os.O_CREATE|unix.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return err
+	}
+	s.recFD = int(s.recF.Fd())
+	st, err := s.recF.Stat()
+	if err != nil {
+		return err
+	}
+	s.allocEnd = st.Size()
+
+	if b, err := os.ReadFile(filepath.Join(s.dir, mountsFile)); err == nil {
+		if s.mounts, err = decodeMounts(b, s.keys.mounts, s.gen); err != nil {
+			return err
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+
+	// The reverse index.
+	rebuild := ""
+	ixPath := filepath.Join(s.dir, indexPrefix+strconv.FormatUint(hdr.indexSeq, 10))
+	if fresh {
+		if err := s.createIndex(hdr.indexSeq, uint(hdr.indexBits)); err != nil {
+			return err
+		}
+	} else {
+		s.ixF, err = os.OpenFile(ixPath, os.O_RDWR|unix.O_NOFOLLOW, 0)
+		if err == nil {
+			s.ix.fd, s.ix.bits = int(s.ixF.Fd()), uint(hdr.indexBits)
+			if st, err := s.ixF.Stat(); err != nil || st.Size() != int64(s.ix.size()*entrySize) {
+				rebuild = "index file has the wrong size"
+			} else if err := s.ix.count(); err != nil {
+				return err
+			}
+		} else if errors.Is(err, os.ErrNotExist) {
+			rebuild = "index file is missing"
+		} else {
+			return err
+		}
+		if hdr.flags&flagOpen != 0 && hdr.bootID != bootID() {
+			rebuild = "the host crashed while the store was open"
+		}
+	}
+	s.removeStaleIndexes()
+
+	s.next = hdr.reserved
+	if s.next < RootID {
+		s.next = RootID
+	}
+	if rebuild != "" {
+		s.log.Warn("nodestore: rebuilding the reverse index from the records", "reason", rebuild)
+		if err := s.rebuildIndexLocked(); err != nil {
+			return fmt.Errorf("rebuild index: %w", err)
+		}
+	}
+	s.hdr.reserved = s.next + reserveBatch
+	s.hdr.flags |= flagOpen
+	s.hdr.bootID = bootID()
+	if err := writeHeader(metaFD, &s.hdr, s.keys.header, true); err != nil {
+		return err
+	}
+	if fresh {
+		// Make the new files' names durable.
+		syncDir(s.dir)
+	}
+	return nil
+}
+
+// createIndex creates index.<seq> with 1<<bits empty entries and makes it
+// s.ix. The caller closes the old index.
+func (s *diskStore) createIndex(seq uint64, bits uint) error {
+	f, fd, err := s.newIndexFile(seq, bits)
+	if err != nil {
+		return err
+	}
+	s.ixF = f
+	s.ix.fd, s.ix.bits, s.ix.live, s.ix.tombs = fd, bits, 0, 0
+	return nil
+}
+
+func (s *diskStore) newIndexFile(seq uint64, bits uint) (*os.File, int, error) {
+	p := filepath.Join(s.dir, indexPrefix+strconv.FormatUint(seq, 10))
+	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE|os.O_TRUNC|unix.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return nil, -1, err
+	}
+	fd := int(f.Fd())
+	size := int64(1<<bits) * entrySize
+	// Allocate the whole table now: index writes then never hit ENOSPC.
+	err = unix.Fallocate(fd, 0, 0, size)
+	if errors.Is(err, unix.EOPNOTSUPP) {
+		err = f.Truncate(size)
+	}
+	if err != nil {
+		f.Close()
+		os.Remove(p)
+		return nil, -1, fmt.Errorf("allocate index (%d bytes): %w", size, err)
+	}
+	return f, fd, nil
+}
+
+// removeStaleIndexes deletes index files left by a crash during a grow.
+func (s *diskStore) removeStaleIndexes() {
+	ents, _ := os.ReadDir(s.dir)
+	cur := indexPrefix + strconv.FormatUint(s.hdr.indexSeq, 10)
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), indexPrefix) && e.Name() != cur {
+			os.Remove(filepath.Join(s.dir, e.Name()))
+		}
+	}
+}
+
+// growIndexLocked moves the index into a new file of the right size for
+// its live entries, dropping tombstones.
+func (s *diskStore) growIndexLocked() error {
+	bits := max(s.ix.bits, bitsFor(s.ix.live))
+	if bits == s.ix.bits && s.ix.tombs < s.ix.size()/8 {
+		bits++
+	}
+	seq := s.hdr.indexSeq + 1
+	f, fd, err := s.newIndexFile(seq, bits)
+	if err != nil {
+		return err
+	}
+	dst := index{fd: fd, bits: bits, k0: s.ix.k0, k1: s.ix.k1}
+	fail := func(err error) error {
+		f.Close()
+		os.Remove(f.Name())
+		return err
+	}
+	if err := s.ix.rehashInto(&dst); err != nil {
+		return fail(err)
+	}
+	if err := unix.Fdatasync(fd); err != nil {
+		return fail(fmt.Errorf("sync index: %w", err))
+	}
+	oldSeq, oldBits := s.hdr.indexSeq, s.hdr.indexBits
+	s.hdr.indexSeq, s.hdr.indexBits = seq, uint32(bits)
+	if err := writeHeader(int(s.metaF.Fd()), &s.hdr, s.keys.header, true); err != nil {
+		s.hdr.indexSeq, s.hdr.indexBits = oldSeq, oldBits
+		return fail(err)
+	}
+	old := s.ixF
+	s.ixF, s.ix = f, dst
+	old.Close()
+	os.Remove(old.Name())
+	return nil
+}
+
+// rebuildIndexLocked recreates the index from the records file: used when
+// the index is missing or may be stale after a host crash.
+func (s *diskStore) rebuildIndexLocked() error {
+	slots := uint64(s.allocEnd / slotSize)
+	if s.ixF != nil {
+		s.ixF.Close()
+		s.ixF = nil
+	}
+	s.hdr.indexSeq++
+	if err := s.createIndex(s.hdr.indexSeq, bitsFor(slots)); err != nil {
+		return err
+	}
+	s.hdr.indexBits = uint32(s.ix.bits)
+	buf := make([]byte, 2048*slotSize)
+	var live, bad int
+	for off := int64(0); off < s.allocEnd; off += int64(len(buf)) {
+		b := buf[:min(int64(len(buf)), s.allocEnd-off)]
+		if err := preadFull(s.recFD, b, off); err != nil {
+			return err
+		}
+		for i := 0; i+slotSize <= len(b); i += slotSize {
+			id := NodeID((off + int64(i)) / slotSize)
+			if id == 0 {
+				continue
+			}
+			var r Record
+			switch s.mac.decodeSlot(b[i:i+slotSize], id, &r) {
+			case slotBad:
+				bad++
+				continue
+			case slotEmpty:
+				continue
+			}
+			live++
+			s.next = max(s.next, id+1)
+			if s.ix.needsGrow() {
+				if err := s.growIndexLocked(); err != nil {
+					return err
+				}
+			}
+			if err := s.indexPutLocked(inoKey{r.Mount, r.Ino}, id); err != nil {
+				return err
+			}
+		}
+	}
+	if bad > 0 {
+		s.log.Error("nodestore: records failed their MAC during index rebuild (torn by a host crash, or tampered); they read as ErrTampered", "count", bad)
+	}
+	s.log.Info("nodestore: reverse index rebuilt", "records", live)
+	s.removeStaleIndexes()
+	return nil
+}
+
+func (s *diskStore) Generation() uint64 { return s.gen }
+
+func (s *diskStore) Get(id NodeID) (Record, error) {
+	if r, ok := s.cache.get(id); ok && !s.isClosed.Load() {
+		return r, nil
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return Record{}, ErrClosed
+	}
+	return s.getLocked(id)
+}
+
+// getLocked reads and verifies the record of id. s.mu must be held (either
+// way).
+func (s *diskStore) getLocked(id NodeID) (Record, error) {
+	if r, ok := s.cache.get(id); ok {
+		return r, nil
+	}
+	if id == 0 || id >= s.next {
+		return Record{}, fmt.Errorf("nodeid %d: %w", id, ErrNotFound)
+	}
+	buf := s.bufs.Get().(*[slotSize]byte)
+	defer s.bufs.Put(buf)
+	off := int64(id) * slotSize
+	if err := preadFull(s.recFD, buf[:], off); err != nil {
+		return Record{}, fmt.Errorf("nodestore: read nodeid %d: %w", id, err)
+	}
+	var r Record
+	switch s.mac.decodeSlot(buf[:], id, &r) {
+	case slotEmpty:
+		return Record{}, fmt.Errorf("nodeid %d: %w", id, ErrNotFound)
+	case slotBad:
+		s.log.Error("nodestore: record fails its MAC: tampered, torn by a host crash, or copied from another store; refusing it",
+			"nodeid", uint64(id), "file", filepath.Join(s.dir, recordsFile), "offset", off)
+		return Record{}, fmt.Errorf("nodeid %d: %w", id, ErrTampered)
+	}
+	s.cache.putRec(r)
+	return r, nil
+}
+
+func (s *diskStore) ByIno(mount uint32, ino uint64) (Record, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return Record{}, ErrClosed
+	}
+	return s.byInoLocked(inoKey{mount, ino})
+}
+
+func (s *diskStore) byInoLocked(k inoKey) (Record, error) {
+	if id, ok := s.cache.getIno(k); ok {
+		if r, err := s.getLocked(id); err == nil && r.Mount == k.mount && r.Ino == k.ino {
+			return r, nil
+		}
+	}
+	h := s.ix.hash(k)
+	var res Record
+	var lastErr error
+	_, found, err := s.ix.probe(h, func(_, eh, eid uint64) bool {
+		if eh != h || eid == tombID {
+			return false
+		}
+		r, err := s.getLocked(NodeID(eid))
+		if err != nil {
+			lastErr = err
+			return false
+		}
+		if r.Mount == k.mount && r.Ino == k.ino {
+			res = r
+			return true
+		}
+		return false
+	})
+	if err != nil {
+		return Record{}, fmt.Errorf("nodestore: mount %d ino %d: %w", k.mount, k.ino, err)
+	}
+	if !found {
+		if errors.Is(lastErr, ErrTampered) {
+			return Record{}, fmt.Errorf("mount %d ino %d: %w", k.mount, k.ino, lastErr)
+		}
+		return Record{}, fmt.Errorf("mount %d ino %d: %w", k.mount, k.ino, ErrNotFound)
+	}
+	s.cache.putIno(k, res.ID)
+	return res, nil
+}
+
+// slotKeyLocked returns (mount, ino) of id's record without verifying it,
+// to decide whether an index entry is for the same host file. A tampered
+// slot can at worst make that decision wrong, which the MAC check on every
+// lookup turns into a miss.
+func (s *diskStore) slotKeyLocked(id NodeID) (inoKey, error) {
+	if r, ok := s.cache.get(id); ok {
+		return inoKey{r.Mount, r.Ino}, nil
+	}
+	buf := s.bufs.Get().(*[slotSize]byte)
+	defer s.bufs.Put(buf)
+	if err := preadFull(s.recFD, buf[:], int64(id)*slotSize); err != nil {
+		return inoKey{}, err
+	}
+	return slotKey(buf[:]), nil
+}
+
+// indexPutLocked points the index entry for k at id, replacing the entry
+// of an older record with the same key. Needs s.mu held exclusively and
+// room in the index.
+func (s *diskStore) indexPutLocked(k inoKey, id NodeID) error {
+	h := s.ix.hash(k)
+	tomb := int64(-1)
+	var kerr error
+	pos, found, err := s.ix.probe(h, func(pos, eh, eid uint64) bool {
+		if eid == tombID {
+			if tomb < 0 {
+				tomb = int64(pos)
+			}
+			return false
+		}
+		if eh != h {
+			return false
+		}
+		ok, err := s.slotKeyLocked(NodeID(eid))
+		if err != nil {
+			kerr = err
+			return true
+		}
+		return ok == k
+	})
+	if err == nil {
+		err = kerr
+	}
+	if err != nil {
+		return err
+	}
+	if !found {
+		if tomb >= 0 {
+			pos = uint64(tomb)
+			s.ix.tombs--
+		}
+		s.ix.live++
+	}
+	return s.ix.write(pos, h, uint64(id))
+}
+
+// indexDelLocked removes the entry k → id, if the index has it.
+func (s *diskStore) indexDelLocked(k inoKey, id NodeID) error {
+	h := s.ix.hash(k)
+	pos, found, err := s.ix.probe(h, func(_, eh, eid uint64) bool {
+		return eh == h && eid == uint64(id)
+	})
+	if err != nil || !found {
+		return err
+	}
+	s.ix.live--
+	s.ix.tombs++
+	return s.ix.write(pos, h, tombID)
+}
+
+func (s *diskStore) Insert(r Record) (NodeID, error) {
+	if err := validate(&r); err != nil {
+		return 0, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return 0, ErrClosed
+	}
+	id, err := s.insertLocked(r)
+	if err != nil {
+		return 0, fmt.Errorf("nodestore: insert: %w", err)
+	}
+	return id, nil
+}
+
+func (s *diskStore) LookupOrInsert(r Record) (Record, bool, error) {
+	if err := validate(&r); err != nil {
+		return Record{}, false, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return Record{}, false, ErrClosed
+	}
+	if old, err := s.byInoLocked(inoKey{r.Mount, r.Ino}); err == nil {
+		return old, false, nil
+	} else if !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrTampered) {
+		return Record{}, false, err
+	}
+	id, err := s.insertLocked(r)
+	if err != nil {
+		return Record{}, false, fmt.Errorf("nodestore: insert: %w", err)
+	}
+	rec := cloneRecord(r)
+	rec.ID = id
+	return rec, true, nil
+}
+
+func (s *diskStore) insertLocked(r Record) (NodeID, error) {
+	// Make room first, so that a failure (ENOSPC above all) leaves
+	// nothing half done.
+	if s.ix.needsGrow() {
+		if err := s.growIndexLocked(); err != nil {
+			return 0, fmt.Errorf("grow reverse index: %w", err)
+		}
+	}
+	if s.next >= s.hdr.reserved {
+		old := s.hdr.reserved
+		s.hdr.reserved = s.next + reserveBatch
+		if err := writeHeader(int(s.metaF.Fd()), &s.hdr, s.keys.header, true); err != nil {
+			s.hdr.reserved = old
+			return 0, fmt.Errorf("reserve nodeids: %w", err)
+		}
+	}
+	off := int64(s.next) * slotSize
+	if err := s.allocLocked(off + slotSize); err != nil {
+		return 0, err
+	}
+	r = cloneRecord(r)
+	r.ID = s.next
+	s.next++ // from here on, failure skips the nodeid
+	buf := s.bufs.Get().(*[slotSize]byte)
+	defer s.bufs.Put(buf)
+	s.mac.encodeSlot(buf[:], &r)
+	if err := pwriteFull(s.recFD, buf[:], off); err != nil {
+		s.zeroSlotLocked(r.ID)
+		return 0, fmt.Errorf("write record: %w", err)
+	}
+	k := inoKey{r.Mount, r.Ino}
+	if err := s.indexPutLocked(k, r.ID); err != nil {
+		s.zeroSlotLocked(r.ID)
+		return 0, fmt.Errorf("update reverse index: %w", err)
+	}
+	s.cache.putRec(r)
+	s.cache.putIno(k, r.ID)
+	return r.ID, nil
+}
+
+// allocLocked makes sure the records file has blocks up to end.
+func (s *diskStore) allocLocked(end int64) error {
+	if end <= s.allocEnd || s.noFalloc {
+		return nil
+	}
+	var err error
+	for _, chunk := range []int64{allocChunk, 4096} {
+		size := (end - s.allocEnd + chunk - 1) / chunk * chunk
+		err = unix.Fallocate(s.recFD, 0, s.allocEnd, size)
+		if err == nil {
+			s.allocEnd += size
+			return nil
+		}
+		if errors.Is(err, unix.EOPNOTSUPP) {
+			s.noFalloc = true
+			return nil
+		}
+		if !errors.Is(err, unix.ENOSPC) {
+			break
+		}
+	}
+	return fmt.Errorf("allocate records file: %w", err)
+}
+
+// zeroSlotLocked empties a slot (overwriting allocated blocks needs no
+// space). Errors are ignored: the caller already fails, and a slot that
+// stays half written fails its MAC.
+func (s *diskStore) zeroSlotLocked(id NodeID) {
+	var zero [slotSize]byte
+	_ = pwriteFull(s.recFD, zero[:], int64(id)*slotSize)
+	s.cache.delRec(id)
+}
+
+func (s *diskStore) Update(r Record) error {
+	if err := validate(&r); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return ErrClosed
+	}
+	old, err := s.getLocked(r.ID)
+	tampered := errors.Is(err, ErrTampered)
+	if err != nil && !tampered {
+		return fmt.Errorf("nodestore: update: %w", err)
+	}
+	r = cloneRecord(r)
+	buf := s.bufs.Get().(*[slotSize]byte)
+	defer s.bufs.Put(buf)
+	s.mac.encodeSlot(buf[:], &r)
+	if err := pwriteFull(s.recFD, buf[:], int64(r.ID)*slotSize); err != nil {
+		s.cache.delRec(r.ID)
+		return fmt.Errorf("nodestore: update nodeid %d: %w", r.ID, err)
+	}
+	s.cache.putRec(r)
+	oldK, newK := inoKey{old.Mount, old.Ino}, inoKey{r.Mount, r.Ino}
+	if !tampered && oldK != newK {
+		s.cache.delIno(oldK, r.ID)
+		if err := s.indexDelLocked(oldK, r.ID); err != nil {
+			return fmt.Errorf("nodestore: update nodeid %d: %w", r.ID, err)
+		}
+	}
+	if tampered || oldK != newK {
+		if s.ix.needsGrow() {
+			if err := s.growIndexLocked(); err != nil {
+				return fmt.Errorf("nodestore: update nodeid %d: %w", r.ID, err)
+			}
+		}
+		if err := s.indexPutLocked(newK, r.ID); err != nil {
+			return fmt.Errorf("nodestore: update nodeid %d: %w", r.ID, err)
+		}
+	}
+	s.cache.putIno(newK, r.ID)
+	return nil
+}
+
+func (s *diskStore) Delete(id NodeID) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return ErrClosed
+	}
+	old, err := s.getLocked(id)
+	tampered := errors.Is(err, ErrTampered)
+	if err != nil && !tampered {
+		return fmt.Errorf("nodestore: delete: %w", err)
+	}
+	var zero [slotSize]byte
+	if err := pwriteFull(s.recFD, zero[:], int64(id)*slotSize); err != nil {
+		return fmt.Errorf("nodestore: delete nodeid %d: %w", id, err)
+	}
+	s.cache.delRec(id)
+	if !tampered {
+		k := inoKey{old.Mount, old.Ino}
+		s.cache.delIno(k, id)
+		if err := s.indexDelLocked(k, id); err != nil {
+			return fmt.Errorf("nodestore: delete nodeid %d: %w", id, err)
+		}
+	}
+	return nil
+}
+
+func (s *diskStore) PutMount(m MountRecord) (uint32, error) {
+	if err := validateMount(&m); err != nil {
+		return 0, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return 0, ErrClosed
+	}
+	if i, ok := findMount(s.mounts, m); ok {
+		return i, nil
+	}
+	m.Index = uint32(len(s.mounts))
+	ms := append(s.mounts[:len(s.mounts):len(s.mounts)], m)
+	if err := writeFileAtomic(s.dir, mountsFile, encodeMounts(ms, s.keys.mounts, s.gen)); err != nil {
+		return 0, fmt.Errorf("nodestore: put mount: %w", err)
+	}
+	s.mounts = ms
+	return m.Index, nil
+}
+
+func (s *diskStore) Mounts() ([]MountRecord, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return nil, ErrClosed
+	}
+	return append([]MountRecord(nil), s.mounts...), nil
+}
+
+// Sync writes back the records and the index. Readers carry on meanwhile.
+func (s *diskStore) Sync() error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return ErrClosed
+	}
+	return s.syncLocked()
+}
+
+func (s *diskStore) syncLocked() error {
+	if err := unix.Fdatasync(s.recFD); err != nil {
+		return fmt.Errorf("nodestore: sync records: %w", err)
+	}
+	if err := unix.Fdatasync(s.ix.fd); err != nil {
+		return fmt.Errorf("nodestore: sync index: %w", err)
+	}
+	return nil
+}
+
+func (s *diskStore) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return ErrClosed
+	}
+	s.closed = true
+	s.isClosed.Store(true)
+	err := s.syncLocked()
+	if err == nil {
+		// A clean close: the next open need not suspect the index.
+		s.hdr.flags &^= flagOpen
+		err = writeHeader(int(s.metaF.Fd()), &s.hdr, s.keys.header, true)
+	}
+	if cerr := s.closeFiles(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+func (s *diskStore) closeFiles() error {
+	var errs []error
+	for _, f := range []*os.File{s.ixF, s.recF, s.metaF} {
+		if f != nil {
+			errs = append(errs, f.Close())
+		}
+	}
+	return errors.Join(errs...)
+}

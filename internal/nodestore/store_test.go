@@ -1,0 +1,373 @@
+package nodestore
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"testing"
+)
+
+// quietLogger discards log output; tests that check logging use their own.
+func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+type constructor struct {
+	name string
+	open func(t testing.TB) Store
+}
+
+func constructors() []constructor {
+	return []constructor{
+		{"memory", func(t testing.TB) Store { return OpenMemory() }},
+		{"disk", func(t testing.TB) Store {
+			s, err := Open(t.TempDir(), Options{Logger: quietLogger()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return s
+		}},
+		{"disk-tinycache", func(t testing.TB) Store {
+			// A cache too small to hold anything: every read goes to the files.
+			s, err := Open(t.TempDir(), Options{Logger: quietLogger(), CacheBytes: 1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return s
+		}},
+	}
+}
+
+func forEach(t *testing.T, f func(t *testing.T, s Store)) {
+	for _, c := range constructors() {
+		t.Run(c.name, func(t *testing.T) {
+			s := c.open(t)
+			defer s.Close()
+			f(t, s)
+		})
+	}
+}
+
+func rec(mount uint32, ino uint64, parent NodeID, name string) Record {
+	return Record{
+		Mount: mount, Ino: ino, Type: 0o100000, Parent: parent, Name: name,
+		HandleType: 1, Handle: []byte(fmt.Sprintf("handle-%d-%d", mount, ino)),
+	}
+}
+
+func sameRecord(a, b Record) bool {
+	return a.ID == b.ID && a.Mount == b.Mount && a.Ino == b.Ino && a.Type == b.Type &&
+		a.Parent == b.Parent && a.Name == b.Name && a.HandleType == b.HandleType &&
+		bytes.Equal(a.Handle, b.Handle)
+}
+
+func mustGet(t testing.TB, s Store, want Record) {
+	t.Helper()
+	got, err := s.Get(want.ID)
+	if err != nil {
+		t.Fatalf("Get(%d): %v", want.ID, err)
+	}
+	if !sameRecord(got, want) {
+		t.Fatalf("Get(%d) = %+v, want %+v", want.ID, got, want)
+	}
+}
+
+func TestGeneration(t *testing.T) {
+	forEach(t, func(t *testing.T, s Store) {
+		if s.Generation() == 0 {
+			t.Fatal("generation is 0")
+		}
+	})
+	if OpenMemory().Generation() == OpenMemory().Generation() {
+		t.Fatal("two stores share a generation")
+	}
+}
+
+func TestInsertGet(t *testing.T) {
+	forEach(t, func(t *testing.T, s Store) {
+		root := Record{Mount: 0, Ino: 2, Type: 0o040000}
+		id, err := s.Insert(root)
+		if err != nil || id != RootID {
+			t.Fatalf("Insert(root) = %d, %v; want %d", id, err, RootID)
+		}
+		root.ID = id
+		mustGet(t, s, root)
+		r := rec(0, 10, RootID, "a")
+		r.Handle = make([]byte, MaxHandleLen)
+		for i := range r.Handle {
+			r.Handle[i] = byte(i)
+		}
+		r.Name = string(bytes.Repeat([]byte{'n'}, MaxNameLen))
+		if r.ID, err = s.Insert(r); err != nil {
+			t.Fatal(err)
+		}
+		if r.ID != 2 {
+			t.Fatalf("second id %d", r.ID)
+		}
+		mustGet(t, s, r)
+		got, err := s.ByIno(0, 10)
+		if err != nil || !sameRecord(got, r) {
+			t.Fatalf("ByIno = %+v, %v", got, err)
+		}
+		// Same ino on another mount is another file.
+		if _, err := s.ByIno(1, 10); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("ByIno(other mount) err %v", err)
+		}
+		for _, id := range []NodeID{0, 3, 1 << 40} {
+			if _, err := s.Get(id); !errors.Is(err, ErrNotFound) {
+				t.Fatalf("Get(%d) err %v", id, err)
+			}
+		}
+		// Input slices are copied.
+		r2 := rec(0, 11, RootID, "b")
+		id2, _ := s.Insert(r2)
+		r2.Handle[0] = 'X'
+		if got, _ := s.Get(id2); got.Handle[0] == 'X' {
+			t.Fatal("store kept the caller's handle slice")
+		}
+	})
+}
+
+func TestInvalid(t *testing.T) {
+	forEach(t, func(t *testing.T, s Store) {
+		bad := []Record{
+			{Name: string(make([]byte, MaxNameLen+1))},
+			{Name: "a/b"},
+			{Name: "a\x00"},
+			{Handle: make([]byte, MaxHandleLen+1)},
+		}
+		for _, r := range bad {
+			if _, err := s.Insert(r); !errors.Is(err, ErrInvalid) {
+				t.Errorf("Insert(%q) err %v", r.Name, err)
+			}
+		}
+	})
+}
+
+func TestIDsNeverReused(t *testing.T) {
+	forEach(t, func(t *testing.T, s Store) {
+		seen := map[NodeID]bool{}
+		for i := 0; i < 100; i++ {
+			id, err := s.Insert(rec(0, uint64(i%7), 1, "x"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if seen[id] {
+				t.Fatalf("id %d reused", id)
+			}
+			seen[id] = true
+			if i%3 == 0 {
+				if err := s.Delete(id); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	})
+}
+
+func TestInoReuseAndHardLinks(t *testing.T) {
+	forEach(t, func(t *testing.T, s Store) {
+		a := rec(0, 5, 1, "a")
+		a.ID, _ = s.Insert(a)
+		// A hard link found under another name: lookup agrees.
+		got, inserted, err := s.LookupOrInsert(rec(0, 5, 1, "b"))
+		if err != nil || inserted || got.ID != a.ID {
+			t.Fatalf("LookupOrInsert = %+v %v %v", got, inserted, err)
+		}
+		// The host reused the ino for a new file: Insert takes over the index.
+		b := rec(0, 5, 1, "new")
+		b.Handle = []byte("other")
+		b.ID, _ = s.Insert(b)
+		if got, _ := s.ByIno(0, 5); got.ID != b.ID {
+			t.Fatalf("ByIno after reuse = %d want %d", got.ID, b.ID)
+		}
+		mustGet(t, s, a) // the old nodeid still resolves
+		// Deleting the old record must not drop the new index entry.
+		if err := s.Delete(a.ID); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := s.ByIno(0, 5); err != nil || got.ID != b.ID {
+			t.Fatalf("ByIno after delete of old = %+v %v", got, err)
+		}
+		c, inserted, err := s.LookupOrInsert(rec(0, 6, 1, "c"))
+		if err != nil || !inserted || c.ID == 0 || c.Name != "c" {
+			t.Fatalf("LookupOrInsert(new) = %+v %v %v", c, inserted, err)
+		}
+		mustGet(t, s, c)
+	})
+}
+
+func TestUpdateDelete(t *testing.T) {
+	forEach(t, func(t *testing.T, s Store) {
+		a := rec(0, 5, 1, "a")
+		a.ID, _ = s.Insert(a)
+		a.Name, a.Parent, a.Handle = "renamed", 7, []byte("h2")
+		if err := s.Update(a); err != nil {
+			t.Fatal(err)
+		}
+		mustGet(t, s, a)
+		if got, _ := s.ByIno(0, 5); !sameRecord(got, a) {
+			t.Fatalf("ByIno after update %+v", got)
+		}
+		// Change the key: the index follows.
+		a.Ino = 99
+		if err := s.Update(a); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.ByIno(0, 5); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("old key still indexed: %v", err)
+		}
+		if got, err := s.ByIno(0, 99); err != nil || got.ID != a.ID {
+			t.Fatalf("new key: %+v %v", got, err)
+		}
+		if err := s.Update(Record{ID: 12345}); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("Update(missing) err %v", err)
+		}
+		if err := s.Delete(a.ID); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Get(a.ID); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("Get after delete: %v", err)
+		}
+		if _, err := s.ByIno(0, 99); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("ByIno after delete: %v", err)
+		}
+		if err := s.Delete(a.ID); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("double delete: %v", err)
+		}
+		if err := s.Update(a); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("update after delete: %v", err)
+		}
+	})
+}
+
+func TestMounts(t *testing.T) {
+	forEach(t, func(t *testing.T, s Store) {
+		root := MountRecord{Path: "", Dev: 10, FSID: [2]int32{1, 2}}
+		sub := MountRecord{Path: "a/b", Dev: 11}
+		i0, err := s.PutMount(root)
+		if err != nil || i0 != 0 {
+			t.Fatal(i0, err)
+		}
+		i1, _ := s.PutMount(sub)
+		if again, _ := s.PutMount(root); again != i0 || i1 != 1 {
+			t.Fatalf("PutMount not idempotent: %d %d", again, i1)
+		}
+		// Remounted: same path, new device, new index.
+		if i2, _ := s.PutMount(MountRecord{Path: "a/b", Dev: 12}); i2 != 2 {
+			t.Fatalf("remount index %d", i2)
+		}
+		ms, err := s.Mounts()
+		if err != nil || len(ms) != 3 || ms[0].FSID != root.FSID || ms[1].Path != "a/b" || ms[2].Dev != 12 {
+			t.Fatalf("Mounts = %+v %v", ms, err)
+		}
+	})
+}
+
+func TestClosed(t *testing.T) {
+	for _, c := range constructors() {
+		t.Run(c.name, func(t *testing.T) {
+			s := c.open(t)
+			id, _ := s.Insert(rec(0, 1, 0, ""))
+			if err := s.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := s.Get(id); !errors.Is(err, ErrClosed) {
+				t.Fatalf("Get after close: %v", err)
+			}
+			if _, err := s.Insert(rec(0, 2, 0, "")); !errors.Is(err, ErrClosed) {
+				t.Fatalf("Insert after close: %v", err)
+			}
+			if err := s.Close(); !errors.Is(err, ErrClosed) {
+				t.Fatalf("double close: %v", err)
+			}
+		})
+	}
+}
+
+// TestManyAndGrow crosses several index grows and checks everything.
+func TestManyAndGrow(t *testing.T) {
+	n := 20000
+	if testing.Short() {
+		n = 5000
+	}
+	forEach(t, func(t *testing.T, s Store) {
+		ids := make([]NodeID, n)
+		for i := range n {
+			var err error
+			if ids[i], err = s.Insert(rec(uint32(i%3), uint64(i), 1, fmt.Sprint("f", i))); err != nil {
+				t.Fatal(err)
+			}
+			if i%5 == 0 && i > 0 {
+				if err := s.Delete(ids[i-1]); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		for i := range n {
+			got, err := s.ByIno(uint32(i%3), uint64(i))
+			deleted := i%5 == 4 && i+1 < n
+			if deleted {
+				if !errors.Is(err, ErrNotFound) {
+					t.Fatalf("deleted %d: %v", i, err)
+				}
+				continue
+			}
+			if err != nil || got.ID != ids[i] || got.Name != fmt.Sprint("f", i) {
+				t.Fatalf("ByIno(%d) = %+v %v, want id %d", i, got, err, ids[i])
+			}
+		}
+	})
+}
+
+func TestConcurrent(t *testing.T) {
+	forEach(t, func(t *testing.T, s Store) {
+		const workers, per = 8, 300
+		var wg sync.WaitGroup
+		errc := make(chan error, workers)
+		for w := range workers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := range per {
+					ino := uint64(i % 50) // shared between workers: LookupOrInsert must agree
+					r, _, err := s.LookupOrInsert(rec(0, ino, 1, "shared"))
+					if err != nil {
+						errc <- err
+						return
+					}
+					if got, err := s.ByIno(0, ino); err != nil || got.ID != r.ID {
+						errc <- fmt.Errorf("ByIno(%d) = %d %v, want %d", ino, got.ID, err, r.ID)
+						return
+					}
+					own := rec(1, uint64(w*per+i), r.ID, "own")
+					if own.ID, err = s.Insert(own); err != nil {
+						errc <- err
+						return
+					}
+					own.Name = "renamed"
+					if err := s.Update(own); err != nil {
+						errc <- err
+						return
+					}
+					if got, err := s.Get(own.ID); err != nil || got.Name != "renamed" {
+						errc <- fmt.Errorf("Get(%d) = %+v %v", own.ID, got, err)
+						return
+					}
+					if i%4 == 0 {
+						if err := s.Delete(own.ID); err != nil {
+							errc <- err
+							return
+						}
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		close(errc)
+		for err := range errc {
+			t.Fatal(err)
+		}
+	})
+}
