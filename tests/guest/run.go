@@ -1,0 +1,318 @@
+package guest
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/govirtiofsd/govirtiofsd/tests/guest/checks"
+)
+
+// The checks a Run can do. Each yields result lines of the same name (and
+// posixtest yields posixtest/<case> lines; identity adds identity-dino,
+// handles yields handles-file and handles-dir).
+const (
+	CheckPosixtest = "posixtest"
+	CheckIdentity  = "identity"
+	CheckHandles   = "handles"
+	CheckWalk      = "walk"
+	// CheckReboot: the guest writes a token, runs `reboot -f` (same QEMU,
+	// same daemon, the device is reset), mounts again and reads it back.
+	CheckReboot = "reboot"
+	// CheckReconnect: after the first QEMU exits, a second QEMU connects to
+	// the same daemon socket, mounts and reads the token back.
+	CheckReconnect = "reconnect"
+)
+
+// AllChecks in the order the guest runs them.
+var AllChecks = []string{CheckPosixtest, CheckIdentity, CheckHandles, CheckWalk, CheckReboot, CheckReconnect}
+
+// DefaultWalkFiles is above the machine's hard RLIMIT_NOFILE of 20000 once the
+// walk's directories and the daemon's own fds are counted.
+const DefaultWalkFiles = 20000
+
+// Guest is a built initramfs, reusable across Runs.
+type Guest struct {
+	Env    *Env
+	Initrd string
+}
+
+// PrepareGuest builds cmd/guestcheck and the initramfs into dir.
+func PrepareGuest(env *Env, dir string) (*Guest, error) {
+	gc, err := BuildGuestcheck(dir)
+	if err != nil {
+		return nil, err
+	}
+	initrd := filepath.Join(dir, "initrd.img")
+	if err := BuildInitramfs(env, gc, initrd); err != nil {
+		return nil, fmt.Errorf("build initramfs: %w", err)
+	}
+	return &Guest{Env: env, Initrd: initrd}, nil
+}
+
+// Options for one Run.
+type Options struct {
+	Guest     *Guest
+	Daemon    Daemon
+	Checks    []string // subset of AllChecks; order does not matter
+	WalkFiles int      // default DefaultWalkFiles
+	WorkDir   string   // default: a new directory under os.TempDir()
+	// Timeout bounds each QEMU run (the guest watchdog fires 15s earlier);
+	// default: from the checks.
+	Timeout time.Duration
+	Log     io.Writer // progress and the guest console; may be nil
+}
+
+// Report is what a Run observed.
+type Report struct {
+	Daemon  string
+	Results []checks.Result
+	// WalkSample is the daemon's fds and RSS right after the walk, while
+	// the guest still caches every walked inode; nil if not taken.
+	WalkSample *Sample
+	Boots      []time.Duration // wall time of each QEMU run
+	Console    string
+	DaemonLog  string
+}
+
+// Result returns the result line for check.
+func (r *Report) Result(check string) (checks.Result, bool) {
+	for _, x := range r.Results {
+		if x.Check == check {
+			return x, true
+		}
+	}
+	return checks.Result{}, false
+}
+
+// Posixtest returns the posixtest/<case> results keyed by case.
+func (r *Report) Posixtest() map[string]checks.Result {
+	m := map[string]checks.Result{}
+	for _, x := range r.Results {
+		if c, ok := strings.CutPrefix(x.Check, "posixtest/"); ok {
+			m[c] = x
+		}
+	}
+	return m
+}
+
+func (r *Report) add(x checks.Result) {
+	for i := range r.Results {
+		if r.Results[i].Check == x.Check {
+			r.Results[i] = x // a later line (e.g. watchdog) wins
+			return
+		}
+	}
+	r.Results = append(r.Results, x)
+}
+
+// Run starts the daemon, boots the guest (twice for reconnect) and returns
+// what the guest reported. An error means the harness itself could not do
+// its job (assets, fixtures, daemon start); anything the daemon got wrong is
+// a FAIL result in the report instead.
+func Run(ctx context.Context, o Options) (*Report, error) {
+	if o.Guest == nil {
+		return nil, fmt.Errorf("guest.Run: no Guest")
+	}
+	if o.WalkFiles == 0 {
+		o.WalkFiles = DefaultWalkFiles
+	}
+	want := map[string]bool{}
+	for _, c := range o.Checks {
+		want[c] = true
+	}
+	if o.Timeout == 0 {
+		o.Timeout = 90 * time.Second
+		if want[CheckPosixtest] {
+			o.Timeout += 240 * time.Second
+		}
+		if want[CheckWalk] {
+			o.Timeout += 240 * time.Second
+		}
+	}
+	logf := func(format string, args ...any) {
+		if o.Log != nil {
+			fmt.Fprintf(o.Log, "guest: "+format+"\n", args...)
+		}
+	}
+	work := o.WorkDir
+	if work == "" {
+		var err error
+		if work, err = os.MkdirTemp("", "guest-"+o.Daemon.Name+"-"); err != nil {
+			return nil, err
+		}
+		defer os.RemoveAll(work)
+	}
+	shared := filepath.Join(work, "shared")
+	if err := os.MkdirAll(shared, 0o755); err != nil {
+		return nil, err
+	}
+	fx, err := PrepareFixtures(shared, want, o.WalkFiles)
+	defer fx.Cleanup()
+	if err != nil {
+		return nil, fmt.Errorf("fixtures: %w", err)
+	}
+	sock := filepath.Join(work, "vhost-fs.sock")
+	daemonLog := filepath.Join(work, "daemon.log")
+	d, err := startDaemon(o.Daemon, sock, shared, daemonLog)
+	if err != nil {
+		return nil, err
+	}
+	defer d.stop()
+	logf("%s started (pid %d): %s", o.Daemon.Name, d.cmd.Process.Pid, strings.Join(o.Daemon.Command(sock, shared), " "))
+
+	rep := &Report{Daemon: o.Daemon.Name}
+	var console strings.Builder
+	var mu sync.Mutex // guards rep and console against the console reader
+	tok := make([]byte, 8)
+	rand.Read(tok)
+	token := hex.EncodeToString(tok)
+
+	var plan []string
+	for _, c := range AllChecks {
+		if want[c] && c != CheckReconnect && c != CheckReboot {
+			plan = append(plan, c)
+		}
+	}
+	if want[CheckReboot] {
+		plan = append(plan, CheckReboot) // writes the token and reboots: last
+	} else if want[CheckReconnect] {
+		plan = append(plan, CheckReconnect) // writes the token
+	}
+
+	runQEMU := func(plan []string, allowReboot bool) bootResult {
+		boots := 0
+		cmdline := fmt.Sprintf("gvfs.plan=%s gvfs.tag=gvfs gvfs.walk=%d gvfs.token=%s gvfs.watchdog=%d",
+			strings.Join(plan, ","), o.WalkFiles, token, int((o.Timeout - 15*time.Second).Seconds()))
+		var logw io.Writer
+		if o.Log != nil {
+			logw = prefixWriter{o.Log, "console: "}
+		}
+		br := boot(ctx, bootConfig{
+			env: o.Guest.Env, initrd: o.Guest.Initrd, sock: sock, tag: "gvfs",
+			cmdline: cmdline, allowReboot: allowReboot, timeout: o.Timeout, log: logw,
+			onLine: func(line string) (string, bool) {
+				mu.Lock()
+				defer mu.Unlock()
+				console.WriteString(line + "\n")
+				switch {
+				case strings.Contains(line, "GUEST-HELLO"):
+					boots++
+					return fmt.Sprintf("HOST BOOT %d", boots), boots > 3
+				case strings.Contains(line, "SAMPLE walk"):
+					s, err := sampleTree(d.cmd.Process.Pid)
+					if err == nil {
+						rep.WalkSample = &s
+						logf("after walk: %s", s)
+					} else {
+						logf("after walk: %v", err)
+					}
+					return "HOST SAMPLED", false
+				}
+				if r, ok := checks.ParseResult(line); ok {
+					rep.add(r)
+				}
+				return "", false
+			},
+		})
+		mu.Lock()
+		rep.Boots = append(rep.Boots, br.took)
+		mu.Unlock()
+		logf("qemu ran %v (timed out: %v, exit: %v) %s", br.took.Round(time.Millisecond), br.timedOut, br.exitErr, br.stderr)
+		return br
+	}
+
+	first := runQEMU(plan, want[CheckReboot])
+	var second *bootResult
+	if want[CheckReconnect] {
+		if !d.alive() {
+			rep.add(checks.Result{Check: CheckReconnect, Status: checks.Fail,
+				Detail: fmt.Sprintf("daemon exited when the first guest disconnected (%v)", d.err)})
+		} else {
+			b := runQEMU([]string{"reconnect-verify"}, false)
+			second = &b
+		}
+	}
+
+	// Every requested check must have produced a line; silence is a FAIL
+	// that says where the guest stopped.
+	mu.Lock()
+	defer mu.Unlock()
+	missing := func(check string, br *bootResult) {
+		why := "no result from the guest"
+		if br != nil {
+			switch {
+			case br.timedOut:
+				why += fmt.Sprintf("; QEMU killed after the %v host timeout", o.Timeout)
+			case br.exitErr != nil:
+				why += fmt.Sprintf("; QEMU: %v %s", br.exitErr, lastLine(br.stderr))
+			}
+		}
+		if !d.alive() {
+			why += fmt.Sprintf("; daemon exited (%v): %s", d.err, lastLine(tail(daemonLog, 400)))
+		}
+		rep.add(checks.Result{Check: check, Status: checks.Fail, Detail: why})
+	}
+	for _, c := range o.Checks {
+		br := &first
+		if c == CheckReconnect && second != nil {
+			br = second
+		}
+		switch c {
+		case CheckPosixtest:
+			if len(rep.Posixtest()) == 0 {
+				missing(c, br)
+			}
+		case CheckHandles:
+			for _, h := range []string{"handles-file", "handles-dir"} {
+				if _, ok := rep.Result(h); !ok {
+					missing(h, br)
+				}
+			}
+		default:
+			if _, ok := rep.Result(c); !ok {
+				missing(c, br)
+			}
+		}
+	}
+	// The token must also have reached the host's disk.
+	if want[CheckReboot] || want[CheckReconnect] {
+		b, err := os.ReadFile(filepath.Join(shared, "reboot", "token"))
+		if err != nil || strings.TrimSpace(string(b)) != token {
+			for _, c := range []string{CheckReboot, CheckReconnect} {
+				if r, ok := rep.Result(c); ok && r.Passed() {
+					rep.add(checks.Result{Check: c, Status: checks.Fail, Detail: "guest read the token back but the host file does not hold it"})
+				}
+			}
+		}
+	}
+	rep.Console = console.String()
+	rep.DaemonLog = tail(daemonLog, 64<<10)
+	return rep, nil
+}
+
+func lastLine(s string) string {
+	s = strings.TrimSpace(s)
+	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
+		s = s[i+1:]
+	}
+	return s
+}
+
+// prefixWriter prefixes every Write (one console line each) with p.
+type prefixWriter struct {
+	w io.Writer
+	p string
+}
+
+func (pw prefixWriter) Write(b []byte) (int, error) {
+	_, err := io.WriteString(pw.w, pw.p+string(b))
+	return len(b), err
+}
