@@ -1,0 +1,61 @@
+// Package creds switches the filesystem credentials (fsuid/fsgid) of the
+// calling OS thread, so that the host kernel enforces permissions and gives
+// new files the FUSE caller's ownership.
+//
+// Linux keeps fsuid/fsgid per thread, and the raw setfsuid(2)/setfsgid(2)
+// syscalls change only the calling thread (glibc's wrappers do too; Go's
+// syscall.Setuid would change every thread). Switch therefore locks the
+// goroutine to its OS thread for as long as the switch lasts; the restore
+// function undoes both and unlocks.
+//
+// Switching fsuid away from 0 drops CAP_DAC_OVERRIDE, CAP_FOWNER, CAP_FSETID
+// and the other filesystem capabilities from the thread's effective set, so
+// a switched thread is as powerful as the caller and no more.
+package creds
+
+import (
+	"fmt"
+	"runtime"
+
+	"golang.org/x/sys/unix"
+)
+
+// Switch makes the current OS thread act with filesystem uid and gid. It
+// returns a function that restores the previous credentials; call it on the
+// same goroutine before returning. When uid and gid already match the
+// thread's (the daemon serving its own user, or root serving root), Switch
+// does nothing and costs no syscall beyond the two probes.
+func Switch(uid, gid uint32) (restore func(), err error) {
+	runtime.LockOSThread()
+	// setfsgid first: once fsuid is not 0 we could no longer change it.
+	oldGID := setfsgid(gid)
+	if newGID := setfsgid(gid); newGID != int(gid) {
+		setfsgid(uint32(oldGID))
+		runtime.UnlockOSThread()
+		return nil, fmt.Errorf("setfsgid %d: %w", gid, unix.EPERM)
+	}
+	oldUID := setfsuid(uid)
+	if newUID := setfsuid(uid); newUID != int(uid) {
+		setfsuid(uint32(oldUID))
+		setfsgid(uint32(oldGID))
+		runtime.UnlockOSThread()
+		return nil, fmt.Errorf("setfsuid %d: %w", uid, unix.EPERM)
+	}
+	return func() {
+		setfsuid(uint32(oldUID))
+		setfsgid(uint32(oldGID))
+		runtime.UnlockOSThread()
+	}, nil
+}
+
+// setfsuid calls the raw syscall; it returns the previous fsuid (setfsuid
+// reports no errors: a refused change is seen by calling it again).
+func setfsuid(uid uint32) int {
+	r, _, _ := unix.RawSyscall(unix.SYS_SETFSUID, uintptr(uid), 0, 0)
+	return int(r)
+}
+
+func setfsgid(gid uint32) int {
+	r, _, _ := unix.RawSyscall(unix.SYS_SETFSGID, uintptr(gid), 0, 0)
+	return int(r)
+}

@@ -1,0 +1,80 @@
+package inode
+
+import (
+	"fmt"
+	"strings"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// Mount is one host mount seen inside the shared directory.
+type Mount struct {
+	Index uint32 // persistent index (MountRecord.Index)
+	MntID uint64 // the kernel's mount id this boot (statx STATX_MNT_ID_UNIQUE)
+	Dev   uint64
+	// Root is true for the shared directory's own mount.
+	Root bool
+}
+
+// mounts maps the kernel's mount ids to persistent mount indexes.
+type mounts struct {
+	mu   sync.Mutex
+	byID map[uint64]*Mount // +checklocks:mu
+}
+
+// mountFor returns the Mount a statx result lives on, registering it in the
+// store on first sight. fd names the file (used to compute the mount's path
+// when it is new).
+func (t *Table) mountFor(st *unix.Statx_t, fd int) (*Mount, error) {
+	t.mounts.mu.Lock()
+	m, ok := t.mounts.byID[st.Mnt_id]
+	t.mounts.mu.Unlock()
+	if ok {
+		return m, nil
+	}
+	path, err := t.relPath(fd)
+	if err != nil {
+		return nil, err
+	}
+	dev := unix.Mkdev(st.Dev_major, st.Dev_minor)
+	idx, err := t.store.PutMount(MountRecord{Path: path, Dev: dev})
+	if err != nil {
+		return nil, fmt.Errorf("record mount %q: %w", path, err)
+	}
+	t.mounts.mu.Lock()
+	defer t.mounts.mu.Unlock()
+	if m, ok := t.mounts.byID[st.Mnt_id]; ok {
+		return m, nil
+	}
+	m = &Mount{Index: idx, MntID: st.Mnt_id, Dev: dev, Root: len(t.mounts.byID) == 0}
+	t.mounts.byID[st.Mnt_id] = m
+	return m, nil
+}
+
+// relPath returns fd's path relative to the shared directory, for the mount
+// table only (it names mounts for operators and restarts; it is never used
+// to reach a file).
+func (t *Table) relPath(fd int) (string, error) {
+	p, err := readlinkProc(fd)
+	if err != nil {
+		return "", err
+	}
+	if p == t.rootPath {
+		return "", nil
+	}
+	rel, ok := strings.CutPrefix(p, t.rootPath+"/")
+	if !ok {
+		return "", fmt.Errorf("mount at %q is outside the shared directory %q", p, t.rootPath)
+	}
+	return rel, nil
+}
+
+func readlinkProc(fd int) (string, error) {
+	buf := make([]byte, unix.PathMax)
+	n, err := unix.Readlink(fmt.Sprintf("/proc/self/fd/%d", fd), buf)
+	if err != nil {
+		return "", fmt.Errorf("readlink /proc/self/fd/%d: %w", fd, err)
+	}
+	return string(buf[:n]), nil
+}

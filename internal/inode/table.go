@@ -1,0 +1,457 @@
+// Package inode is the node identity table: it turns FUSE nodeids into host
+// files and back.
+//
+// Guarantees:
+//   - A nodeid names one host file for the life of the Store behind the
+//     table and is never reused; (nodeid, Generation()) is unique over that
+//     lifetime. Looking up the same host file (same mount, same st_ino) by
+//     any name, including hard links, yields the same nodeid.
+//   - Host files are reached only through fds held by the table, with
+//     openat(O_PATH|O_NOFOLLOW) one component at a time from the shared
+//     directory, so no host symlink is ever followed and nothing outside the
+//     shared directory is reached. A file re-found after eviction is checked
+//     to be the same file (mount and inode number) before it is served.
+//   - Open fds are bounded: the fd cache holds at most MaxOpenFDs node fds
+//     (plus the nodes requests are using at the moment); an evicted node is
+//     re-resolved on demand from its Record, so eviction never turns into
+//     ESTALE for a file that still exists where it was.
+//
+// FORGET is only a cache hint here: a nodeid stays resolvable after the
+// kernel forgets it, which is what makes guest file handles
+// (FUSE_EXPORT_SUPPORT) and daemon restarts work.
+//
+// Lock order: a key stripe (Table.keyLocks) before Table.mu; mounts.mu is a
+// leaf. Store calls are made without Table.mu held.
+package inode
+
+import (
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"log/slog"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// Options configure a Table.
+type Options struct {
+	// MaxOpenFDs bounds the node fds kept open (--max-open-fds).
+	MaxOpenFDs int
+	Logger     *slog.Logger
+}
+
+// Table is the node identity table. It is safe for concurrent use.
+type Table struct {
+	store    Store
+	opts     Options
+	log      *slog.Logger
+	rootPath string
+	root     *Node
+
+	mounts mounts
+
+	keyLocks [64]sync.Mutex
+	seed     maphash.Seed
+
+	mu    sync.Mutex
+	byID  map[NodeID]*Node // +checklocks:mu
+	byKey map[inoKey]*Node // +checklocks:mu
+	ring  []*Node          // +checklocks:mu (CLOCK order)
+	hand  int              // +checklocks:mu
+}
+
+// statxMask is what every stat of a node asks for.
+const statxMask = unix.STATX_BASIC_STATS | unix.STATX_MNT_ID_UNIQUE
+
+// New opens the table for the shared directory rootPath on store.
+func New(rootPath string, store Store, opts Options) (*Table, error) {
+	if opts.MaxOpenFDs <= 0 {
+		opts.MaxOpenFDs = 4096
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	fd, err := unix.Open(rootPath, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open shared directory %s: %w", rootPath, err)
+	}
+	t := &Table{
+		store: store, opts: opts, log: opts.Logger,
+		seed:  maphash.MakeSeed(),
+		byID:  map[NodeID]*Node{}, byKey: map[inoKey]*Node{},
+	}
+	t.mounts.byID = map[uint64]*Mount{}
+	if t.rootPath, err = readlinkProc(fd); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	var st unix.Statx_t
+	if err := Statx(fd, &st); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("stat shared directory %s: %w", rootPath, err)
+	}
+	m, err := t.mountFor(&st, fd)
+	if err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	rec, err := store.Get(RootID)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		id, err := store.Insert(Record{Mount: m.Index, Ino: st.Ino, Type: unix.S_IFDIR})
+		if err != nil {
+			unix.Close(fd)
+			return nil, fmt.Errorf("record shared directory: %w", err)
+		}
+		if id != RootID {
+			unix.Close(fd)
+			return nil, fmt.Errorf("node store gave the shared directory nodeid %d, want %d", id, RootID)
+		}
+	case err != nil:
+		unix.Close(fd)
+		return nil, fmt.Errorf("read root record: %w", err)
+	case rec.Mount != m.Index || rec.Ino != st.Ino:
+		unix.Close(fd)
+		return nil, fmt.Errorf("node state belongs to another directory (root inode %d, shared directory has %d)", rec.Ino, st.Ino)
+	}
+	t.root = &Node{ID: RootID, Type: unix.S_IFDIR, Mount: m, Ino: st.Ino, fd: fd, pinned: true}
+	t.root.refs.Store(1)
+	t.byID[RootID] = t.root
+	t.byKey[inoKey{m.Index, st.Ino}] = t.root
+	return t, nil
+}
+
+// Generation is the FUSE generation of every nodeid in this table.
+func (t *Table) Generation() uint64 { return t.store.Generation() }
+
+// Root returns the shared directory's node (referenced).
+func (t *Table) Root() *Node {
+	t.root.IncRef()
+	return t.root
+}
+
+// Close releases the cached fds and the store.
+func (t *Table) Close() error {
+	t.mu.Lock()
+	for _, n := range t.ring {
+		n.Release()
+	}
+	t.ring, t.byID, t.byKey = nil, map[NodeID]*Node{}, map[inoKey]*Node{}
+	t.mu.Unlock()
+	t.root.Release()
+	return t.store.Close()
+}
+
+// OpenFDs reports how many node fds the cache holds (for tests and metrics).
+func (t *Table) OpenFDs() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.ring) + 1
+}
+
+// Statx stats fd itself (never following a symlink) with the table's mask.
+func Statx(fd int, st *unix.Statx_t) error {
+	return unix.Statx(fd, "", unix.AT_EMPTY_PATH|unix.AT_SYMLINK_NOFOLLOW|unix.AT_STATX_SYNC_AS_STAT, statxMask, st)
+}
+
+// maxDepth bounds the parent chain walked to re-resolve a node, so a
+// corrupt chain cannot recurse forever.
+const maxDepth = 4096
+
+// Get returns the node for id, re-resolving it from its record if the fd
+// cache no longer holds it. Errors: ErrNotFound / ErrTampered / ESTALE-like
+// errors when the file is gone or is no longer the same file.
+func (t *Table) Get(id NodeID) (*Node, error) {
+	return t.get(id, 0)
+}
+
+func (t *Table) get(id NodeID, depth int) (*Node, error) {
+	if n := t.cached(id); n != nil {
+		return n, nil
+	}
+	if depth > maxDepth {
+		return nil, fmt.Errorf("nodeid %d: parent chain deeper than %d: %w", id, maxDepth, unix.ESTALE)
+	}
+	rec, err := t.store.Get(id)
+	if err != nil {
+		if errors.Is(err, ErrTampered) {
+			t.log.Error("refusing tampered node record", "nodeid", id, "err", err)
+		}
+		return nil, fmt.Errorf("nodeid %d: %w", id, err)
+	}
+	if rec.Parent == 0 || rec.Parent == id {
+		return nil, fmt.Errorf("nodeid %d: record has no parent: %w", id, unix.ESTALE)
+	}
+	parent, err := t.get(rec.Parent, depth+1)
+	if err != nil {
+		return nil, err
+	}
+	defer parent.Release()
+	fd, err := openChild(parent.fd, rec.Name)
+	if err != nil {
+		return nil, fmt.Errorf("nodeid %d: reopen %q in nodeid %d: %w", id, rec.Name, rec.Parent, staleIfGone(err))
+	}
+	var st unix.Statx_t
+	if err := Statx(fd, &st); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("nodeid %d: stat: %w", id, err)
+	}
+	m, err := t.mountFor(&st, fd)
+	if err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	if m.Index != rec.Mount || st.Ino != rec.Ino || uint32(st.Mode)&unix.S_IFMT != rec.Type {
+		unix.Close(fd)
+		return nil, fmt.Errorf("nodeid %d: %q in nodeid %d is another file now: %w", id, rec.Name, rec.Parent, unix.ESTALE)
+	}
+	return t.insertCache(&Node{ID: id, Type: rec.Type, Mount: m, Ino: rec.Ino, fd: fd}), nil
+}
+
+func staleIfGone(err error) error {
+	if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) {
+		return fmt.Errorf("%w (%w)", unix.ESTALE, err)
+	}
+	return err
+}
+
+// openChild opens name in the directory dirfd as an O_PATH fd without
+// following a final symlink. name must be a single component (the caller
+// validated it).
+func openChild(dirfd int, name string) (int, error) {
+	return unix.Openat(dirfd, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+}
+
+// Lookup resolves name in parent: it opens the child with O_PATH|O_NOFOLLOW,
+// stats it and returns its node (referenced) and attributes. name must have
+// been validated by the caller (no '/', not empty); "." and ".." are
+// handled: ".." of the root is the root.
+func (t *Table) Lookup(parent *Node, name string, st *unix.Statx_t) (*Node, error) {
+	if name == "." {
+		parent.IncRef()
+		return parent, Statx(parent.fd, st)
+	}
+	if name == ".." && parent.ID == RootID {
+		return t.Root(), Statx(t.root.fd, st)
+	}
+	fd, err := openChild(parent.fd, name)
+	if err != nil {
+		return nil, err
+	}
+	if err := Statx(fd, st); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	if name == ".." {
+		// The guest asks for a parent it no longer caches (export
+		// support); the record's parent/name for it is unknown here, so
+		// register it only if the table knows it already.
+		return t.registerKnown(fd, st)
+	}
+	return t.Register(parent, name, fd, st)
+}
+
+// registerKnown returns the node for an fd reached through "..": directories
+// are always registered before their children, so a missing record means
+// the file is not ours to serve.
+func (t *Table) registerKnown(fd int, st *unix.Statx_t) (*Node, error) {
+	m, err := t.mountFor(st, fd)
+	if err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	key := inoKey{m.Index, st.Ino}
+	t.mu.Lock()
+	if n, ok := t.byKey[key]; ok {
+		n.IncRef()
+		n.clock.Store(true)
+		t.mu.Unlock()
+		unix.Close(fd)
+		return n, nil
+	}
+	t.mu.Unlock()
+	rec, err := t.store.ByIno(m.Index, st.Ino)
+	if err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("parent directory unknown: %w", unix.ESTALE)
+	}
+	return t.insertCache(&Node{ID: rec.ID, Type: rec.Type, Mount: m, Ino: st.Ino, fd: fd}), nil
+}
+
+// Register records a file the caller has just opened (O_PATH) as name in
+// parent and stated, and returns its node, referenced. Register takes
+// ownership of fd: it either becomes the node's fd or is closed.
+func (t *Table) Register(parent *Node, name string, fd int, st *unix.Statx_t) (*Node, error) {
+	m, err := t.mountFor(st, fd)
+	if err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	key := inoKey{m.Index, st.Ino}
+	typ := uint32(st.Mode) & unix.S_IFMT
+
+	kl := &t.keyLocks[maphash.Comparable(t.seed, key)%uint64(len(t.keyLocks))]
+	kl.Lock()
+	defer kl.Unlock()
+
+	t.mu.Lock()
+	if n, ok := t.byKey[key]; ok && n.Type == typ {
+		n.IncRef()
+		n.clock.Store(true)
+		t.mu.Unlock()
+		unix.Close(fd)
+		return n, nil
+	}
+	t.mu.Unlock()
+
+	rec, err := t.store.ByIno(m.Index, st.Ino)
+	switch {
+	case err == nil && rec.Type == typ:
+		if rec.Parent != parent.ID || rec.Name != name {
+			// Renamed on the host, or another hard link: remember the
+			// name we can reach it by now.
+			rec.Parent, rec.Name = parent.ID, name
+			if err := t.store.Update(rec); err != nil {
+				t.log.Warn("could not update node path", "nodeid", rec.ID, "err", err)
+			}
+		}
+	case err == nil:
+		// The inode number was reused by a file of another type: the
+		// old nodeid's file is gone. Give the new file a new nodeid.
+		if err := t.store.Delete(rec.ID); err != nil {
+			t.log.Warn("could not delete stale node", "nodeid", rec.ID, "err", err)
+		}
+		fallthrough
+	case errors.Is(err, ErrNotFound) || errors.Is(err, ErrTampered):
+		rec = Record{Mount: m.Index, Ino: st.Ino, Type: typ, Parent: parent.ID, Name: name}
+		if rec.ID, err = t.store.Insert(rec); err != nil {
+			unix.Close(fd)
+			return nil, fmt.Errorf("record %q: %w", name, err)
+		}
+	default:
+		unix.Close(fd)
+		return nil, fmt.Errorf("find %q: %w", name, err)
+	}
+	return t.insertCache(&Node{ID: rec.ID, Type: typ, Mount: m, Ino: st.Ino, fd: fd}), nil
+}
+
+// cached returns the cached node for id, referenced, or nil.
+func (t *Table) cached(id NodeID) *Node {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n, ok := t.byID[id]
+	if !ok {
+		return nil
+	}
+	n.IncRef()
+	n.clock.Store(true)
+	return n
+}
+
+// insertCache adds n (whose fd the caller owns) to the cache and returns it
+// with a reference for the caller. If another request cached the same node
+// meanwhile, that one wins and n's fd is closed.
+func (t *Table) insertCache(n *Node) *Node {
+	t.mu.Lock()
+	if old, ok := t.byID[n.ID]; ok {
+		old.IncRef()
+		old.clock.Store(true)
+		t.mu.Unlock()
+		unix.Close(n.fd)
+		return old
+	}
+	n.refs.Store(2) // the cache's and the caller's
+	t.byID[n.ID] = n
+	t.byKey[inoKey{n.Mount.Index, n.Ino}] = n
+	t.ring = append(t.ring, n)
+	evicted := t.evictLocked()
+	t.mu.Unlock()
+	for _, e := range evicted {
+		e.Release()
+	}
+	return n
+}
+
+// evictLocked runs the CLOCK hand until the cache is within bounds and
+// returns the nodes whose cache reference the caller must drop (outside
+// t.mu: the last release closes an fd).
+func (t *Table) evictLocked() []*Node {
+	var out []*Node
+	for scans := 0; len(t.ring) > t.opts.MaxOpenFDs && scans < 2*len(t.ring)+2; scans++ {
+		if t.hand >= len(t.ring) {
+			t.hand = 0
+		}
+		n := t.ring[t.hand]
+		if n.clock.Swap(false) || n.refs.Load() > 1 {
+			t.hand++
+			continue
+		}
+		t.removeLocked(t.hand)
+		out = append(out, n)
+	}
+	return out
+}
+
+// removeLocked takes ring[i] out of the cache (swap-remove).
+func (t *Table) removeLocked(i int) {
+	n := t.ring[i]
+	last := len(t.ring) - 1
+	t.ring[i] = t.ring[last]
+	t.ring[last] = nil
+	t.ring = t.ring[:last]
+	delete(t.byID, n.ID)
+	if t.byKey[inoKey{n.Mount.Index, n.Ino}] == n {
+		delete(t.byKey, inoKey{n.Mount.Index, n.Ino})
+	}
+}
+
+// Forget is the kernel dropping nlookup references. Nodeids stay valid; the
+// node's fd becomes the first candidate for eviction.
+func (t *Table) Forget(id NodeID, nlookup uint64) {
+	t.mu.Lock()
+	if n, ok := t.byID[id]; ok {
+		n.clock.Store(false)
+	}
+	t.mu.Unlock()
+}
+
+// Moved tells the table that the file now at name in newParent (already
+// renamed on the host) used to be elsewhere, so its record names the path it
+// can be re-found by.
+func (t *Table) Moved(newParent *Node, name string) {
+	var st unix.Statx_t
+	if err := unix.Statx(newParent.fd, name, unix.AT_SYMLINK_NOFOLLOW, statxMask, &st); err != nil {
+		return
+	}
+	t.mounts.mu.Lock()
+	m, ok := t.mounts.byID[st.Mnt_id]
+	t.mounts.mu.Unlock()
+	if !ok {
+		return
+	}
+	rec, err := t.store.ByIno(m.Index, st.Ino)
+	if err != nil || (rec.Parent == newParent.ID && rec.Name == name) {
+		return
+	}
+	rec.Parent, rec.Name = newParent.ID, name
+	if err := t.store.Update(rec); err != nil {
+		t.log.Warn("could not update node path after rename", "nodeid", rec.ID, "err", err)
+	}
+}
+
+// MountIndex returns the persistent index of the mount a statx result lives
+// on, or false if the table has not seen that mount yet.
+func (t *Table) MountIndex(st *unix.Statx_t) (uint32, bool) {
+	t.mounts.mu.Lock()
+	defer t.mounts.mu.Unlock()
+	m, ok := t.mounts.byID[st.Mnt_id]
+	if !ok {
+		return 0, false
+	}
+	return m.Index, true
+}
+
+// MountOf returns the mount a statx result lives on, registering it (fd is
+// the file stated, used to name a new mount).
+func (t *Table) MountOf(st *unix.Statx_t, fd int) (*Mount, error) { return t.mountFor(st, fd) }

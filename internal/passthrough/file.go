@@ -1,0 +1,370 @@
+package passthrough
+
+import (
+	"sync/atomic"
+
+	"github.com/govirtiofsd/govirtiofsd/internal/inode"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+)
+
+// file is a host file the guest opened (OPEN, CREATE, TMPFILE).
+//
+// Reference model: the handle table holds one reference from OPEN until
+// RELEASE; each request using the handle holds one more (FS.file). The host
+// fd is closed, and the node reference dropped, with the last reference, so
+// a RELEASE racing a READ never closes the fd under it.
+type file struct {
+	fd   int
+	node *inode.Node
+	refs atomic.Int32
+}
+
+func (f *file) release() {
+	if f.refs.Add(-1) == 0 {
+		unix.Close(f.fd)
+		f.node.Release()
+	}
+}
+
+// addFile registers an open fd and returns its FUSE file handle. It takes
+// over fd and one reference on n.
+func (fs *FS) addFile(fd int, n *inode.Node) uint64 {
+	f := &file{fd: fd, node: n}
+	f.refs.Store(1)
+	fs.handlesMu.Lock()
+	defer fs.handlesMu.Unlock()
+	fh := fs.nextHandle
+	fs.nextHandle++
+	fs.files[fh] = f
+	return fh
+}
+
+// file returns the open file for fh with a reference, or nil.
+func (fs *FS) file(fh uint64) *file {
+	fs.handlesMu.Lock()
+	defer fs.handlesMu.Unlock()
+	f, ok := fs.files[fh]
+	if !ok {
+		return nil
+	}
+	f.refs.Add(1)
+	return f
+}
+
+// openFlags turns the guest's open flags into the flags the host open uses.
+func (fs *FS) openFlags(flags uint32) int {
+	f := int(flags) &^ (unix.O_CREAT | unix.O_EXCL | unix.O_NOCTTY | unix.O_TMPFILE)
+	f |= unix.O_CLOEXEC
+	if !fs.opts.AllowDirectIO {
+		f &^= unix.O_DIRECT
+	}
+	if fs.opts.Writeback {
+		// The kernel writes back whole pages and may need to read
+		// them; it also keeps the file size itself, so O_APPEND would
+		// put data at the wrong place.
+		if f&unix.O_ACCMODE == unix.O_WRONLY {
+			f = f&^unix.O_ACCMODE | unix.O_RDWR
+		}
+		f &^= unix.O_APPEND
+	}
+	return f
+}
+
+// openOutFlags sets the cache flags of an OPEN/CREATE reply.
+func (fs *FS) openOutFlags(out *fuse.OpenOut) {
+	switch fs.opts.Cache {
+	case CacheNever, CacheMetadata:
+		out.OpenFlags |= fuse.FOPEN_DIRECT_IO
+	case CacheAlways:
+		out.OpenFlags |= fuse.FOPEN_KEEP_CACHE
+	}
+}
+
+// Open opens the node's host file. The node's O_PATH fd is reopened through
+// /proc/self/fd, which never follows a symlink the node does not already
+// name; symlinks themselves are refused.
+func (fs *FS) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
+	n, st := fs.node(in.NodeId)
+	if !st.Ok() {
+		return st
+	}
+	flags := fs.openFlags(in.Flags)
+	if fs.opts.ReadOnly && (flags&unix.O_ACCMODE != unix.O_RDONLY || flags&unix.O_TRUNC != 0) {
+		n.Release()
+		return fuse.EROFS
+	}
+	fd, st := fs.reopen(n, flags)
+	if !st.Ok() {
+		n.Release()
+		return st
+	}
+	out.Fh = fs.addFile(fd, n)
+	fs.openOutFlags(out)
+	return fuse.OK
+}
+
+// reopen opens the file node n names with flags.
+func (fs *FS) reopen(n *inode.Node, flags int) (int, fuse.Status) {
+	switch {
+	case n.IsSymlink():
+		return -1, fuse.Status(unix.ELOOP)
+	case n.IsDir() && flags&unix.O_ACCMODE != unix.O_RDONLY:
+		return -1, fuse.Status(unix.EISDIR)
+	}
+	fd, err := unix.Open(procPath(n.FD()), flags, 0)
+	if err != nil {
+		return -1, errno(err)
+	}
+	return fd, fuse.OK
+}
+
+// Create creates and opens a regular file with the caller's credentials.
+func (fs *FS) Create(cancel <-chan struct{}, in *fuse.CreateIn, name string, out *fuse.CreateOut) fuse.Status {
+	parent, st := fs.parentDir(&in.InHeader, name)
+	if !st.Ok() {
+		return st
+	}
+	defer parent.Release()
+	flags := fs.openFlags(in.Flags) | unix.O_CREAT | unix.O_NOFOLLOW | int(in.Flags)&unix.O_EXCL
+	var fd int
+	err := fs.asCaller(&in.InHeader, func() (err error) {
+		fd, err = unix.Openat(parent.FD(), name, flags, in.Mode)
+		return err
+	})
+	if err != nil {
+		return errno(err)
+	}
+	var sx unix.Statx_t
+	n, err := fs.nodes.Lookup(parent, name, &sx)
+	if err != nil {
+		unix.Close(fd)
+		return errno(err)
+	}
+	fs.fillEntry(n, &sx, &out.EntryOut)
+	out.Fh = fs.addFile(fd, n)
+	fs.openOutFlags(&out.OpenOut)
+	return fuse.OK
+}
+
+// Tmpfile creates an unnamed file in the directory (O_TMPFILE); a later
+// LINK gives it a name.
+func (fs *FS) Tmpfile(cancel <-chan struct{}, in *fuse.CreateIn, out *fuse.CreateOut) fuse.Status {
+	if fs.opts.ReadOnly {
+		return fuse.EROFS
+	}
+	parent, st := fs.node(in.NodeId)
+	if !st.Ok() {
+		return st
+	}
+	defer parent.Release()
+	flags := fs.openFlags(in.Flags) | unix.O_TMPFILE
+	if flags&unix.O_ACCMODE == unix.O_RDONLY {
+		flags |= unix.O_RDWR
+	}
+	var fd int
+	err := fs.asCaller(&in.InHeader, func() (err error) {
+		fd, err = unix.Openat(parent.FD(), ".", flags, in.Mode)
+		return err
+	})
+	if err != nil {
+		return errno(err)
+	}
+	pfd, err := unix.Open(procPath(fd), unix.O_PATH|unix.O_CLOEXEC, 0)
+	if err != nil {
+		unix.Close(fd)
+		return errno(err)
+	}
+	var sx unix.Statx_t
+	if err := inode.Statx(pfd, &sx); err != nil {
+		unix.Close(pfd)
+		unix.Close(fd)
+		return errno(err)
+	}
+	n, err := fs.nodes.Register(parent, "", pfd, &sx)
+	if err != nil {
+		unix.Close(fd)
+		return errno(err)
+	}
+	fs.fillEntry(n, &sx, &out.EntryOut)
+	out.Fh = fs.addFile(fd, n)
+	fs.openOutFlags(&out.OpenOut)
+	return fuse.OK
+}
+
+// Read returns a result that reads straight from the host fd into the
+// reply buffer (guest memory, for vhost-user).
+func (fs *FS) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (fuse.ReadResult, fuse.Status) {
+	f := fs.file(in.Fh)
+	if f == nil {
+		return nil, fuse.EBADF
+	}
+	// The fd must outlive the read, which go-fuse performs after this
+	// returns; readResult drops the reference when done.
+	return &readResult{f: f, off: int64(in.Offset), size: int(in.Size)}, fuse.OK
+}
+
+// Write writes data at the offset.
+func (fs *FS) Write(cancel <-chan struct{}, in *fuse.WriteIn, data []byte) (uint32, fuse.Status) {
+	f := fs.file(in.Fh)
+	if f == nil {
+		return 0, fuse.EBADF
+	}
+	defer f.release()
+	n, err := unix.Pwrite(f.fd, data, int64(in.Offset))
+	if err != nil {
+		return 0, errno(err)
+	}
+	return uint32(n), fuse.OK
+}
+
+// Writev writes a payload that arrived in several pieces (guest memory
+// regions) without copying it together first.
+func (fs *FS) Writev(cancel <-chan struct{}, in *fuse.WriteIn, data [][]byte) (uint32, fuse.Status) {
+	f := fs.file(in.Fh)
+	if f == nil {
+		return 0, fuse.EBADF
+	}
+	defer f.release()
+	n, err := unix.Pwritev(f.fd, data, int64(in.Offset))
+	if err != nil {
+		return 0, errno(err)
+	}
+	return uint32(n), fuse.OK
+}
+
+// Flush is close(2) in the guest: closing a duplicate of the host fd gives
+// the host the same flush semantics (and drops POSIX locks held through it).
+func (fs *FS) Flush(cancel <-chan struct{}, in *fuse.FlushIn) fuse.Status {
+	f := fs.file(in.Fh)
+	if f == nil {
+		return fuse.EBADF
+	}
+	defer f.release()
+	dup, err := unix.FcntlInt(uintptr(f.fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return errno(err)
+	}
+	return errno(unix.Close(dup))
+}
+
+// Release drops the handle; the fd closes when no request uses it.
+func (fs *FS) Release(cancel <-chan struct{}, in *fuse.ReleaseIn) {
+	fs.handlesMu.Lock()
+	f, ok := fs.files[in.Fh]
+	delete(fs.files, in.Fh)
+	fs.handlesMu.Unlock()
+	if !ok {
+		return
+	}
+	if in.ReleaseFlags&fuse.FUSE_RELEASE_FLOCK_UNLOCK != 0 {
+		_ = unix.Flock(f.fd, unix.LOCK_UN)
+	}
+	f.release()
+}
+
+// Fsync flushes the file to stable storage (fdatasync when asked).
+func (fs *FS) Fsync(cancel <-chan struct{}, in *fuse.FsyncIn) fuse.Status {
+	f := fs.file(in.Fh)
+	if f == nil {
+		return fuse.EBADF
+	}
+	defer f.release()
+	if in.FsyncFlags&1 != 0 {
+		return errno(unix.Fdatasync(f.fd))
+	}
+	return errno(unix.Fsync(f.fd))
+}
+
+// Fallocate allocates or punches space.
+func (fs *FS) Fallocate(cancel <-chan struct{}, in *fuse.FallocateIn) fuse.Status {
+	if fs.opts.ReadOnly {
+		return fuse.EROFS
+	}
+	f := fs.file(in.Fh)
+	if f == nil {
+		return fuse.EBADF
+	}
+	defer f.release()
+	return errno(unix.Fallocate(f.fd, in.Mode, int64(in.Offset), int64(in.Length)))
+}
+
+// Lseek answers SEEK_DATA and SEEK_HOLE (the kernel handles the others).
+func (fs *FS) Lseek(cancel <-chan struct{}, in *fuse.LseekIn, out *fuse.LseekOut) fuse.Status {
+	f := fs.file(in.Fh)
+	if f == nil {
+		return fuse.EBADF
+	}
+	defer f.release()
+	off, err := unix.Seek(f.fd, int64(in.Offset), int(in.Whence))
+	if err != nil {
+		return errno(err)
+	}
+	out.Offset = uint64(off)
+	return fuse.OK
+}
+
+// CopyFileRange copies between two open files on the host.
+func (fs *FS) CopyFileRange(cancel <-chan struct{}, in *fuse.CopyFileRangeIn) (uint32, fuse.Status) {
+	if fs.opts.ReadOnly {
+		return 0, fuse.EROFS
+	}
+	src := fs.file(in.FhIn)
+	if src == nil {
+		return 0, fuse.EBADF
+	}
+	defer src.release()
+	dst := fs.file(in.FhOut)
+	if dst == nil {
+		return 0, fuse.EBADF
+	}
+	defer dst.release()
+	offIn, offOut := int64(in.OffIn), int64(in.OffOut)
+	length := in.Len
+	if length > 1<<30 {
+		length = 1 << 30 // the reply's size field is 32 bits
+	}
+	n, err := unix.CopyFileRange(src.fd, &offIn, dst.fd, &offOut, int(length), int(in.Flags))
+	if err != nil {
+		return 0, errno(err)
+	}
+	return uint32(n), fuse.OK
+}
+
+// readResult reads from an open file when go-fuse asks, straight into the
+// reply iovec (preadv), and then drops its file reference.
+type readResult struct {
+	f    *file
+	off  int64
+	size int
+}
+
+func (r *readResult) Size() int { return r.size }
+
+func (r *readResult) Done() {
+	if r.f != nil {
+		r.f.release()
+		r.f = nil
+	}
+}
+
+// Bytes reads into buf (go-fuse's fallback path).
+func (r *readResult) Bytes(buf []byte) ([]byte, fuse.Status) {
+	if len(buf) < r.size {
+		buf = make([]byte, r.size)
+	}
+	n, err := unix.Pread(r.f.fd, buf[:r.size], r.off)
+	if err != nil {
+		return nil, errno(err)
+	}
+	return buf[:n], fuse.OK
+}
+
+// Readv reads into dst in place.
+func (r *readResult) Readv(dst [][]byte) (int, fuse.Status) {
+	n, err := unix.Preadv(r.f.fd, dst, r.off)
+	if err != nil {
+		return 0, errno(err)
+	}
+	return n, fuse.OK
+}
