@@ -12,10 +12,10 @@ type memStore struct {
 	gen uint64
 
 	mu     sync.Mutex
-	next   NodeID                 // +checklocks:mu
-	byID   map[NodeID]Record      // +checklocks:mu
-	byIno  map[inoKey]NodeID      // +checklocks:mu
-	mounts []MountRecord          // +checklocks:mu
+	next   NodeID            // +checklocks:mu
+	byID   map[NodeID]Record // +checklocks:mu
+	byIno  map[inoKey]NodeID // +checklocks:mu
+	mounts []MountRecord     // +checklocks:mu
 }
 
 type inoKey struct {

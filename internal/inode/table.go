@@ -78,8 +78,8 @@ func New(rootPath string, store Store, opts Options) (*Table, error) {
 	}
 	t := &Table{
 		store: store, opts: opts, log: opts.Logger,
-		seed:  maphash.MakeSeed(),
-		byID:  map[NodeID]*Node{}, byKey: map[inoKey]*Node{},
+		seed: maphash.MakeSeed(),
+		byID: map[NodeID]*Node{}, byKey: map[inoKey]*Node{},
 	}
 	t.mounts.byID = map[uint64]*Mount{}
 	if t.rootPath, err = readlinkProc(fd); err != nil {

@@ -92,14 +92,14 @@ func ParseInodeNumbers(s string) (InodeNumbers, error) {
 
 // Options configure the file system.
 type Options struct {
-	Cache              CachePolicy
-	Xattr              bool
-	ReadOnly           bool
-	Writeback          bool
-	AllowDirectIO      bool
-	AnnounceSubmounts  bool
-	InodeNumbers       InodeNumbers
-	Logger             *slog.Logger
+	Cache             CachePolicy
+	Xattr             bool
+	ReadOnly          bool
+	Writeback         bool
+	AllowDirectIO     bool
+	AnnounceSubmounts bool
+	InodeNumbers      InodeNumbers
+	Logger            *slog.Logger
 }
 
 // FS is the passthrough file system. Create it with New.
@@ -121,8 +121,8 @@ type FS struct {
 	submounts atomic.Bool
 
 	handlesMu  sync.Mutex
-	nextHandle uint64             // +checklocks:handlesMu
-	files      map[uint64]*file    // +checklocks:handlesMu
+	nextHandle uint64                // +checklocks:handlesMu
+	files      map[uint64]*file      // +checklocks:handlesMu
 	dirs       map[uint64]*dirStream // +checklocks:handlesMu
 }
 
