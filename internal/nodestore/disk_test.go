@@ -1,0 +1,500 @@
+package nodestore
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// logBuf collects slog output for assertions.
+type logBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuf) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuf) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func openT(t testing.TB, dir string, opts Options) Store {
+	t.Helper()
+	if opts.Logger == nil {
+		opts.Logger = quietLogger()
+	}
+	s, err := Open(dir, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func TestReopen(t *testing.T) {
+	n := 100_000
+	if testing.Short() {
+		n = 10_000
+	}
+	dir := filepath.Join(t.TempDir(), "state")
+	s := openT(t, dir, Options{})
+	gen := s.Generation()
+	if _, err := s.PutMount(MountRecord{Path: "", Dev: 7}); err != nil {
+		t.Fatal(err)
+	}
+	ids := make([]NodeID, n)
+	for i := range n {
+		var err error
+		if ids[i], err = s.Insert(rec(0, uint64(i)+100, 1, strconv.Itoa(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := os.Stat(filepath.Join(dir, keyFile)); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("key file: %v %v", st.Mode(), err)
+	}
+	if st, err := os.Stat(dir); err != nil || st.Mode().Perm() != 0o700 {
+		t.Fatalf("dir mode: %v %v", st.Mode(), err)
+	}
+
+	s = openT(t, dir, Options{CacheBytes: 1 << 16})
+	defer s.Close()
+	if s.Generation() != gen {
+		t.Fatalf("generation %x after reopen, want %x", s.Generation(), gen)
+	}
+	if ms, _ := s.Mounts(); len(ms) != 1 || ms[0].Dev != 7 {
+		t.Fatalf("mounts after reopen: %+v", ms)
+	}
+	for i := range n {
+		want := rec(0, uint64(i)+100, 1, strconv.Itoa(i))
+		want.ID = ids[i]
+		mustGet(t, s, want)
+		got, err := s.ByIno(0, uint64(i)+100)
+		if err != nil || got.ID != ids[i] {
+			t.Fatalf("ByIno(%d) after reopen = %d %v, want %d", i, got.ID, err, ids[i])
+		}
+	}
+	id, err := s.Insert(rec(0, 1, 1, "new"))
+	if err != nil || id <= ids[n-1] {
+		t.Fatalf("Insert after reopen = %d %v, want > %d", id, err, ids[n-1])
+	}
+}
+
+func TestOpenExclusive(t *testing.T) {
+	dir := t.TempDir()
+	s := openT(t, dir, Options{})
+	defer s.Close()
+	if _, err := Open(dir, Options{Logger: quietLogger()}); err == nil || !strings.Contains(err.Error(), "in use") {
+		t.Fatalf("second Open: %v", err)
+	}
+}
+
+func TestWrongKey(t *testing.T) {
+	dir := t.TempDir()
+	s := openT(t, dir, Options{})
+	s.Insert(rec(0, 1, 0, ""))
+	s.Close()
+	k := make([]byte, 32)
+	rand.Read(k)
+	if _, err := Open(dir, Options{Key: k, Logger: quietLogger()}); err == nil || !strings.Contains(err.Error(), "MAC") {
+		t.Fatalf("Open with another key: %v", err)
+	}
+	// A world-readable key file is refused.
+	os.Chmod(filepath.Join(dir, keyFile), 0o644)
+	if _, err := Open(dir, Options{Logger: quietLogger()}); err == nil || !strings.Contains(err.Error(), "0600") {
+		t.Fatalf("Open with key mode 0644: %v", err)
+	}
+}
+
+// flipByte xors one byte of a file.
+func flipByte(t *testing.T, path string, off int64) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := []byte{0}
+	f.ReadAt(b, off)
+	b[0] ^= 0x40
+	if _, err := f.WriteAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func readSlot(t *testing.T, dir string, id NodeID) []byte {
+	b := make([]byte, slotSize)
+	f, err := os.Open(filepath.Join(dir, recordsFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.ReadAt(b, int64(id)*slotSize); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func writeSlot(t *testing.T, dir string, id NodeID, b []byte) {
+	f, err := os.OpenFile(filepath.Join(dir, recordsFile), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteAt(b, int64(id)*slotSize); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// populate creates a store in dir with n records (ino = 1000+i) and
+// closes it.
+func populate(t *testing.T, dir string, n int, opts Options) []Record {
+	s := openT(t, dir, opts)
+	var rs []Record
+	for i := range n {
+		r := rec(0, uint64(1000+i), 1, fmt.Sprint("file", i))
+		var err error
+		if r.ID, err = s.Insert(r); err != nil {
+			t.Fatal(err)
+		}
+		rs = append(rs, r)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return rs
+}
+
+// expectTampered checks that exactly the records in bad fail with
+// ErrTampered (logged), by nodeid and by ino, and the others still work.
+func expectTampered(t *testing.T, dir string, opts Options, rs []Record, bad map[NodeID]bool) {
+	t.Helper()
+	var lb logBuf
+	opts.Logger = slog.New(slog.NewTextHandler(&lb, nil))
+	s := openT(t, dir, opts)
+	defer s.Close()
+	for _, r := range rs {
+		got, err := s.Get(r.ID)
+		if bad[r.ID] {
+			if !errors.Is(err, ErrTampered) {
+				t.Fatalf("Get(%d) of tampered record = %+v, %v", r.ID, got, err)
+			}
+			if got.ID != 0 || got.Name != "" || got.Handle != nil {
+				t.Fatalf("tampered record returned data: %+v", got)
+			}
+			if _, err := s.ByIno(r.Mount, r.Ino); !errors.Is(err, ErrTampered) {
+				t.Fatalf("ByIno of tampered record: %v", err)
+			}
+			continue
+		}
+		if err != nil || !sameRecord(got, r) {
+			t.Fatalf("Get(%d) of intact record = %+v, %v", r.ID, got, err)
+		}
+		if got, err := s.ByIno(r.Mount, r.Ino); err != nil || got.ID != r.ID {
+			t.Fatalf("ByIno of intact record = %+v, %v", got, err)
+		}
+	}
+	for id := range bad {
+		if want := fmt.Sprintf("nodeid=%d", id); !strings.Contains(lb.String(), want) || !strings.Contains(lb.String(), "fails its MAC") {
+			t.Fatalf("no clear log line for %s:\n%s", want, lb.String())
+		}
+	}
+}
+
+func TestTamper(t *testing.T) {
+	offsets := map[string]int{
+		"state": 0, "mount": offMount, "ino": offIno + 3, "parent": offParent,
+		"id": offID, "name": offName + 1, "handle": offHandle, "padding": offPad + 10, "mac": slotMACOff + 5,
+	}
+	for what, off := range offsets {
+		t.Run(what, func(t *testing.T) {
+			dir := t.TempDir()
+			rs := populate(t, dir, 10, Options{})
+			flipByte(t, filepath.Join(dir, recordsFile), int64(rs[4].ID)*slotSize+int64(off))
+			expectTampered(t, dir, Options{}, rs, map[NodeID]bool{rs[4].ID: true})
+		})
+	}
+	t.Run("swap-slots", func(t *testing.T) {
+		// A valid record moved to another nodeid's slot is refused: the
+		// MAC binds it to its nodeid.
+		dir := t.TempDir()
+		rs := populate(t, dir, 10, Options{})
+		writeSlot(t, dir, rs[5].ID, readSlot(t, dir, rs[2].ID))
+		expectTampered(t, dir, Options{}, rs, map[NodeID]bool{rs[5].ID: true})
+	})
+}
+
+func TestForeignRecord(t *testing.T) {
+	t.Run("other-key", func(t *testing.T) {
+		a, b := t.TempDir(), t.TempDir()
+		rs := populate(t, a, 10, Options{})
+		populate(t, b, 10, Options{})
+		writeSlot(t, a, 3, readSlot(t, b, 3))
+		expectTampered(t, a, Options{}, rs, map[NodeID]bool{3: true})
+	})
+	t.Run("same-key-other-store", func(t *testing.T) {
+		// Even stores sharing a key (Options.Key) cannot swap records:
+		// the MAC binds each record to its store's generation.
+		key := bytes.Repeat([]byte{7}, 32)
+		a, b := t.TempDir(), t.TempDir()
+		rs := populate(t, a, 10, Options{Key: key})
+		populate(t, b, 10, Options{Key: key})
+		writeSlot(t, a, 3, readSlot(t, b, 3))
+		expectTampered(t, a, Options{Key: key}, rs, map[NodeID]bool{3: true})
+	})
+	t.Run("whole-file", func(t *testing.T) {
+		a, b := t.TempDir(), t.TempDir()
+		rs := populate(t, a, 5, Options{})
+		populate(t, b, 5, Options{})
+		data, _ := os.ReadFile(filepath.Join(b, recordsFile))
+		os.WriteFile(filepath.Join(a, recordsFile), data, 0o600)
+		bad := map[NodeID]bool{}
+		for _, r := range rs {
+			bad[r.ID] = true
+		}
+		expectTampered(t, a, Options{}, rs, bad)
+	})
+}
+
+func TestHeaderTornOrTampered(t *testing.T) {
+	dir := t.TempDir()
+	rs := populate(t, dir, 5, Options{})
+	// One copy damaged (a torn header write): the other one is used.
+	flipByte(t, filepath.Join(dir, metaFile), 20)
+	expectTampered(t, dir, Options{}, rs, nil)
+	// Both damaged: Open refuses the store.
+	flipByte(t, filepath.Join(dir, metaFile), 20)
+	flipByte(t, filepath.Join(dir, metaFile), headerStride+20)
+	if _, err := Open(dir, Options{Logger: quietLogger()}); err == nil {
+		t.Fatal("Open with both header copies damaged succeeded")
+	}
+}
+
+// TestHostCrashRebuild simulates a host crash: the header says the store
+// was open under another boot, and the index lost its contents. Open must
+// rebuild the index from the records.
+func TestHostCrashRebuild(t *testing.T) {
+	dir := t.TempDir()
+	rs := populate(t, dir, 3000, Options{})
+	ds, err := open(dir, Options{Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ixName := ds.ixF.Name()
+	hdr := ds.hdr
+	keys := ds.keys
+	ds.Close()
+	hdr.flags |= flagOpen
+	hdr.bootID = [16]byte{1, 2, 3}
+	fd, _ := unix.Open(filepath.Join(dir, metaFile), unix.O_RDWR, 0)
+	if err := writeHeader(fd, &hdr, keys.header, false); err != nil {
+		t.Fatal(err)
+	}
+	unix.Close(fd)
+	// Lose the index contents and tear one record.
+	st, _ := os.Stat(ixName)
+	os.Truncate(ixName, 0)
+	os.Truncate(ixName, st.Size())
+	flipByte(t, filepath.Join(dir, recordsFile), int64(rs[7].ID)*slotSize+offName)
+	var lb logBuf
+	s := openT(t, dir, Options{Logger: slog.New(slog.NewTextHandler(&lb, nil))})
+	defer s.Close()
+	if !strings.Contains(lb.String(), "host crashed") || !strings.Contains(lb.String(), "count=1") {
+		t.Fatalf("rebuild not logged:\n%s", lb.String())
+	}
+	for i, r := range rs {
+		got, err := s.ByIno(0, r.Ino)
+		if i == 7 {
+			if err == nil {
+				t.Fatalf("torn record found by ino: %+v", got)
+			}
+			continue
+		}
+		if err != nil || got.ID != r.ID {
+			t.Fatalf("ByIno(%d) after rebuild = %+v %v", r.Ino, got, err)
+		}
+	}
+}
+
+func TestMissingIndexRebuild(t *testing.T) {
+	dir := t.TempDir()
+	rs := populate(t, dir, 100, Options{})
+	m, _ := filepath.Glob(filepath.Join(dir, indexPrefix+"*"))
+	for _, p := range m {
+		os.Remove(p)
+	}
+	s := openT(t, dir, Options{})
+	defer s.Close()
+	for _, r := range rs {
+		if got, err := s.ByIno(0, r.Ino); err != nil || got.ID != r.ID {
+			t.Fatalf("ByIno after index loss: %+v %v", got, err)
+		}
+	}
+}
+
+// TestENOSPC fills a small tmpfs: Insert must fail with a wrapped ENOSPC,
+// and the store must reopen with every earlier record intact.
+func TestENOSPC(t *testing.T) {
+	// Different sizes run out in different places: growing the records
+	// file or growing the index.
+	for _, size := range []string{"1536k", "2304k", "3m"} {
+		t.Run(size, func(t *testing.T) { testENOSPC(t, size) })
+	}
+}
+
+func testENOSPC(t *testing.T, size string) {
+	mnt := t.TempDir()
+	if err := unix.Mount("tmpfs", mnt, "tmpfs", 0, "size="+size+",mode=0700"); err != nil {
+		t.Skipf("cannot mount tmpfs (need root): %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(mnt, unix.MNT_DETACH) })
+	dir := filepath.Join(mnt, "state")
+	s := openT(t, dir, Options{})
+	var rs []Record
+	var err error
+	for i := 0; i < 1_000_000; i++ {
+		r := rec(0, uint64(i), 1, fmt.Sprint("name-", i))
+		if r.ID, err = s.Insert(r); err != nil {
+			break
+		}
+		rs = append(rs, r)
+	}
+	if !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("Insert on a full disk: %v", err)
+	}
+	t.Logf("after %d records: %v", len(rs), err)
+	// Still consistent and usable while full.
+	if _, err := s.Insert(rec(0, 1<<40, 1, "x")); !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("second Insert on a full disk: %v", err)
+	}
+	mustGet(t, s, rs[len(rs)-1])
+	rs[0].Name = "renamed-while-full"
+	if err := s.Update(rs[0]); err != nil {
+		t.Fatalf("Update on a full disk: %v", err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatalf("Close on a full disk: %v", err)
+	}
+	s = openT(t, dir, Options{})
+	defer s.Close()
+	for _, r := range rs {
+		mustGet(t, s, r)
+		if got, err := s.ByIno(r.Mount, r.Ino); err != nil || got.ID != r.ID {
+			t.Fatalf("ByIno(%d) after ENOSPC reopen: %+v %v", r.Ino, got, err)
+		}
+	}
+}
+
+// The crash test: a child process inserts records and reports each nodeid
+// once Insert has returned; the parent SIGKILLs it at a random moment and
+// checks that a new process sees every reported record, and never hands
+// out a reported nodeid again. Two rounds, so the second child also runs
+// on a store recovered from a kill.
+const crashEnv = "NODESTORE_CRASH_DIR"
+
+func TestCrashChild(t *testing.T) {
+	dir := os.Getenv(crashEnv)
+	if dir == "" {
+		t.Skip("helper for TestCrashSIGKILL")
+	}
+	s, err := Open(dir, Options{Logger: quietLogger(), CacheBytes: 1 << 16})
+	if err != nil {
+		fmt.Println("ERR", err)
+		os.Exit(1)
+	}
+	base, _ := strconv.ParseUint(os.Getenv("NODESTORE_CRASH_BASE"), 10, 64)
+	for i := base; ; i++ {
+		id, err := s.Insert(rec(0, i, 1, fmt.Sprint("c", i)))
+		if err != nil {
+			fmt.Println("ERR", err)
+			os.Exit(1)
+		}
+		// Unbuffered: the line leaves only after Insert returned.
+		fmt.Fprintf(os.Stdout, "%d %d\n", id, i)
+	}
+}
+
+func TestCrashSIGKILL(t *testing.T) {
+	dir := t.TempDir()
+	acked := map[NodeID]uint64{}
+	var maxID NodeID
+	for round := range 2 {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestCrashChild$", "-test.count=1")
+		cmd.Env = append(os.Environ(), crashEnv+"="+dir,
+			"NODESTORE_CRASH_BASE="+strconv.Itoa(round*10_000_000))
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		sc := bufio.NewScanner(out)
+		killAfter := 20000 + round*7777
+		n := 0
+		for sc.Scan() {
+			var id NodeID
+			var ino uint64
+			if _, err := fmt.Sscanf(sc.Text(), "%d %d", &id, &ino); err != nil {
+				t.Fatalf("child: %q", sc.Text())
+			}
+			if _, dup := acked[id]; dup {
+				t.Fatalf("nodeid %d handed out twice", id)
+			}
+			if id <= maxID && round > 0 && n == 0 {
+				t.Fatalf("nodeid %d after restart is not above %d", id, maxID)
+			}
+			acked[id] = ino
+			maxID = max(maxID, id)
+			n++
+			if n == killAfter {
+				cmd.Process.Signal(syscall.SIGKILL)
+			}
+		}
+		err = cmd.Wait()
+		if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); !ok || ws.Signal() != syscall.SIGKILL {
+			t.Fatalf("child did not die of SIGKILL: %v", err)
+		}
+		t.Logf("round %d: %d inserts acknowledged before SIGKILL", round, n)
+		// Wait for the kernel to drop the dead child's flock.
+		time.Sleep(10 * time.Millisecond)
+		s := openT(t, dir, Options{CacheBytes: 1 << 16})
+		for id, ino := range acked {
+			want := rec(0, ino, 1, fmt.Sprint("c", ino))
+			want.ID = id
+			mustGet(t, s, want)
+			if got, err := s.ByIno(0, ino); err != nil || got.ID != id {
+				t.Fatalf("ByIno(%d) after SIGKILL = %+v %v, want %d", ino, got, err, id)
+			}
+		}
+		id, err := s.Insert(rec(1, 1, 1, "after"))
+		if err != nil || id <= maxID {
+			t.Fatalf("Insert after SIGKILL = %d %v, want > %d", id, err, maxID)
+		}
+		maxID = id
+		acked[id] = 0 // not checked by ino (mount 1)
+		delete(acked, id)
+		s.Close()
+	}
+}
