@@ -1,0 +1,165 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"image/png"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+func tinyConfig(t *testing.T) Config {
+	dir := t.TempDir()
+	cfg := DefaultConfig()
+	cfg.Runs = 1
+	cfg.Files = 30
+	cfg.Size = 64 << 10
+	cfg.RandReads = 4
+	cfg.WalkFiles = 1500
+	cfg.BigWalkFiles = 0
+	cfg.FS = "disk"
+	cfg.WorkDir = dir
+	cfg.OutDir = filepath.Join(dir, "out")
+	cfg.NoDropCaches = true
+	cfg.Timeout = time.Minute
+	return cfg
+}
+
+func cell(t *testing.T, res *Result, row, peer string) Cell {
+	t.Helper()
+	for _, r := range res.Rows {
+		if r.Name != row {
+			continue
+		}
+		for _, c := range r.Cells {
+			if c.Peer == peer {
+				return c
+			}
+		}
+	}
+	t.Fatalf("no cell (%s, %s)", row, peer)
+	return Cell{}
+}
+
+// A daemon that exits instead of mounting is n/a with its reason; the run
+// goes on and the other peers get numbers.
+func TestFailingDaemonIsNA(t *testing.T) {
+	cfg := tinyConfig(t)
+	fake := filepath.Join(t.TempDir(), "govirtiofsd")
+	if err := os.WriteFile(fake, []byte("#!/bin/sh\necho 'cannot serve today' >&2\nexit 3\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cfg.GovirtiofsdBin = fake
+	cfg.Daemons = []string{PeerNative, PeerGovirtiofsd, PeerGovNoState}
+	cfg.Rows = regexp.MustCompile(`^(stat-warm|walk-cold-1500|restart-1500)$`)
+	res, err := Run(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := cell(t, res, "stat-warm", PeerNative); !c.OK() {
+		t.Errorf("native stat-warm: %+v", c)
+	}
+	c := cell(t, res, "stat-warm", PeerGovirtiofsd)
+	if c.OK() || !strings.Contains(c.NA, "exited before mounting") || !strings.Contains(c.NA, "cannot serve today") {
+		t.Errorf("failing daemon: %+v, want n/a with its exit and log", c)
+	}
+	if c := cell(t, res, "stat-warm", PeerGovNoState); c.OK() || !strings.Contains(c.NA, "state-dir") {
+		t.Errorf("statenone without the flag: %+v", c)
+	}
+	if c := cell(t, res, "restart-1500", PeerGovirtiofsd); c.OK() || !strings.Contains(c.NA, "supervise") {
+		t.Errorf("restart without --supervise: %+v", c)
+	}
+	var b bytes.Buffer
+	WriteTable(&b, res)
+	if !strings.Contains(b.String(), "n/a[") {
+		t.Errorf("table has no n/a:\n%s", b.String())
+	}
+}
+
+// The loopback peer mounts, serves every row, and unmounts (root and
+// /dev/fuse only; builds go-fuse's example).
+func TestLoopbackMount(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and mounts go-fuse loopback")
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for mount(2)")
+	}
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		t.Skip("no /dev/fuse")
+	}
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		t.Skip("no go command")
+	}
+	cfg := tinyConfig(t)
+	cfg.ModuleDir = filepath.Dir(strings.TrimSpace(string(out)))
+	cfg.Runs = 2
+	cfg.Daemons = []string{PeerNative, PeerLoopback}
+	cfg.Rows = regexp.MustCompile(`^(stat-warm-sync|stat-cold|create-unlink|readdir-stat|seq-write|seq-read-cold|rand-read-4k|walk-cold-1500|fds-walk-1500|restart-1500)$`)
+	res, err := Run(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range res.Rows {
+		c := cell(t, res, r.Name, PeerLoopback)
+		if r.Name == "restart-1500" {
+			if c.OK() {
+				t.Errorf("loopback restart measured: %+v", c)
+			}
+			continue
+		}
+		if !c.OK() || len(c.Samples) != 2 || c.Ratio != 1 {
+			t.Errorf("loopback %s: %+v, want 2 samples and ratio 1", r.Name, c)
+		}
+	}
+	if fds := cell(t, res, "fds-walk-1500", PeerLoopback); fds.OK() && fds.Median < 3 {
+		t.Errorf("loopback has %v fds open, want at least stdin/out/err", fds.Median)
+	}
+	if len(res.Meta.Warnings) > 1 { // the -drop=false warning
+		t.Errorf("warnings: %q", res.Meta.Warnings)
+	}
+	if err := WriteFiles(res, cfg.OutDir); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(filepath.Join(cfg.OutDir, "chart.png"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	img, err := png.Decode(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b := img.Bounds(); b.Dx() < 300 || b.Dy() < 300 {
+		t.Errorf("chart is %v", b)
+	}
+}
+
+func TestStatsAndRatios(t *testing.T) {
+	if m, lo, hi := stats([]float64{3, 1, 2}); m != 2 || lo != 1 || hi != 3 {
+		t.Errorf("stats odd: %v %v %v", m, lo, hi)
+	}
+	if m, _, _ := stats([]float64{4, 1, 2, 3}); m != 2.5 {
+		t.Errorf("stats even: %v", m)
+	}
+	rr := RowResult{Row: Row{Name: "t"}, Cells: []Cell{
+		{Peer: "a", Samples: []float64{2}, Median: 2},
+		{Peer: "loopback", Samples: []float64{4}, Median: 4},
+		{Peer: "b", NA: "broken"},
+	}}
+	setRatios(&rr, "loopback")
+	if rr.Cells[0].Ratio != 2 || rr.Cells[1].Ratio != 1 || rr.Cells[2].Ratio != 0 {
+		t.Errorf("lower-better ratios: %+v", rr.Cells)
+	}
+	rr.HigherBetter = true
+	setRatios(&rr, "loopback")
+	if rr.Cells[0].Ratio != 0.5 {
+		t.Errorf("higher-better ratio: %v", rr.Cells[0].Ratio)
+	}
+}

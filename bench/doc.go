@@ -1,0 +1,29 @@
+// Package bench compares file servers by running identical workloads
+// through each of them, interleaved, on the same shared directory.
+//
+// A run has three layers:
+//
+//   - Peers (Daemon): how to start one file server so that the shared
+//     directory appears somewhere (native: the directory itself; a FUSE
+//     daemon: a mount point backed by /dev/fuse). Every sample gets a fresh
+//     daemon process and a fresh mount, so samples do not share state.
+//   - Jobs (job): one workload that produces one or more rows (for example the
+//     cold walk yields its time, the daemon's RSS and its open fds). A job
+//     runs against an Env, which names the tree root as seen through the
+//     peer and, for daemons, the serving process.
+//   - The runner (Run): for every job, repetition and peer, in an order that
+//     rotates each repetition, it starts the peer, runs the job, stops the
+//     peer, and keeps the samples. It reports median and min–max per
+//     (row, peer) and the ratio to a reference peer (go-fuse's loopback).
+//
+// Transports: today every peer is reached through a mount (transport
+// "devfuse"; native is a degenerate devfuse peer with no daemon). A vhost-user
+// transport plugs in as a second Transport whose Env carries a FUSE request
+// client (the Go vhost-user front-end) instead of a path; jobs declare which
+// transports they can run on, and the runner skips a (job, peer) pair whose
+// transports do not match, reporting n/a. See transport.go.
+//
+// Failure policy: a peer that cannot be built, does not mount, dies, hangs
+// past the sample timeout or returns a wrong result (missing files, short
+// reads) gets n/a with the reason for that row; the run carries on.
+package bench
