@@ -21,6 +21,7 @@ import (
 	"github.com/govirtiofsd/govirtiofsd/internal/devfuse"
 	"github.com/govirtiofsd/govirtiofsd/internal/engine"
 	"github.com/govirtiofsd/govirtiofsd/internal/inode"
+	"github.com/govirtiofsd/govirtiofsd/internal/nodestore"
 	"github.com/govirtiofsd/govirtiofsd/internal/passthrough"
 )
 
@@ -213,7 +214,7 @@ func openStore(c *config, log *slog.Logger) (inode.Store, error) {
 	if c.stateDir != "none" {
 		return nil, fmt.Errorf("--state-dir %s: the persistent node table is not built yet; use --state-dir=none", c.stateDir)
 	}
-	return inode.NewMemStore(), nil
+	return nodestore.OpenMemory(), nil
 }
 
 func serveDevFuse(ctx context.Context, c *config, fsys *passthrough.FS, log *slog.Logger) error {
