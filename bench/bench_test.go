@@ -71,8 +71,11 @@ func TestFailingDaemonIsNA(t *testing.T) {
 	if c := cell(t, res, "stat-warm", PeerGovNoState); c.OK() || !strings.Contains(c.NA, "state-dir") {
 		t.Errorf("statenone without the flag: %+v", c)
 	}
-	if c := cell(t, res, "restart-1500", PeerGovirtiofsd); c.OK() || !strings.Contains(c.NA, "supervise") {
-		t.Errorf("restart without --supervise: %+v", c)
+	if c := cell(t, res, "restart-1500", PeerGovirtiofsd); c.OK() {
+		t.Errorf("restart of a daemon that does not start: %+v", c)
+	}
+	if c := cell(t, res, "walk-cold-1500", PeerGovirtiofsd); c.OK() || !strings.Contains(c.NA, "cannot serve today") {
+		t.Errorf("failing daemon in its second job: %+v", c)
 	}
 	var b bytes.Buffer
 	WriteTable(&b, res)

@@ -187,16 +187,30 @@ func (in *instance) stop() error {
 	return problem
 }
 
-// logTail returns the last lines of a daemon log, for error messages.
+// logTail returns the last lines the daemon logged since its latest start
+// (the "###" line start writes), for error messages.
 func logTail(path string) string {
 	data, err := os.ReadFile(path)
 	if err != nil || len(data) == 0 {
 		return ""
 	}
-	s := strings.TrimSpace(string(data))
+	s := string(data)
+	if i := strings.LastIndex(s, "\n### "); i >= 0 {
+		s = s[i+1:]
+	}
+	if i := strings.IndexByte(s, '\n'); strings.HasPrefix(s, "### ") {
+		if i < 0 {
+			return ""
+		}
+		s = s[i+1:]
+	}
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return ""
+	}
 	lines := strings.Split(s, "\n")
 	if len(lines) > 3 {
 		lines = lines[len(lines)-3:]
 	}
-	return " [log " + filepath.Base(path) + ": " + strings.Join(lines, " | ") + "]"
+	return " [" + filepath.Base(path) + ": " + strings.Join(lines, " | ") + "]"
 }

@@ -71,12 +71,13 @@ func WriteTable(w io.Writer, res *Result) {
 			}
 			fmt.Fprintf(w, " %s (%s–%s)", num(c.Median), num(c.Min), num(c.Max))
 			if c.Ratio != 0 {
-				fmt.Fprintf(w, " ×%.2f", c.Ratio)
+				fmt.Fprintf(w, " ×%s", ratio(c.Ratio))
 			}
 			fmt.Fprintf(w, " |")
 		}
 		fmt.Fprintln(w)
 	}
+	writeCPUTable(w, res)
 	fmt.Fprintln(w)
 	for i, rr := range res.Rows {
 		fmt.Fprintf(w, "%d. %s: %s\n", i+1, rr.Name, rr.Desc)
@@ -126,4 +127,53 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+func ratio(r float64) string {
+	if r >= 0.01 {
+		return fmt.Sprintf("%.2f", r)
+	}
+	return fmt.Sprintf("%.2g", r)
+}
+
+// writeCPUTable prints the daemons' CPU time per sample (median, ms) for
+// the rows that carry it.
+func writeCPUTable(w io.Writer, res *Result) {
+	any := false
+	for _, rr := range res.Rows {
+		for _, c := range rr.Cells {
+			any = any || len(c.DaemonCPU) > 0
+		}
+	}
+	if !any {
+		return
+	}
+	fmt.Fprintf(w, "\ndaemon CPU time (user+system) per sample, median ms (10 ms resolution):\n\n| # | row |")
+	for _, p := range res.Peers {
+		fmt.Fprintf(w, " %s |", p.Name)
+	}
+	fmt.Fprintf(w, "\n|---|---|")
+	for range res.Peers {
+		fmt.Fprintf(w, "---|")
+	}
+	fmt.Fprintln(w)
+	for i, rr := range res.Rows {
+		has := false
+		for _, c := range rr.Cells {
+			has = has || len(c.DaemonCPU) > 0
+		}
+		if !has {
+			continue
+		}
+		fmt.Fprintf(w, "| %d | %s |", i+1, rr.Name)
+		for _, c := range rr.Cells {
+			if len(c.DaemonCPU) == 0 {
+				fmt.Fprintf(w, " - |")
+				continue
+			}
+			m, _, _ := stats(c.DaemonCPU)
+			fmt.Fprintf(w, " %.0f |", m*1000)
+		}
+		fmt.Fprintln(w)
+	}
 }

@@ -69,6 +69,9 @@ type Cell struct {
 	Max     float64   `json:"max"`
 	Ratio   float64   `json:"ratio,omitempty"` // 0 = no ratio
 	NA      string    `json:"na,omitempty"`
+	// DaemonCPU is the daemon's user+system CPU seconds during each sample
+	// of the job (10 ms resolution), on the job's first row only.
+	DaemonCPU []float64 `json:"daemon_cpu_s,omitempty"`
 }
 
 // OK reports whether the cell has numbers.
@@ -190,6 +193,7 @@ type runner struct {
 // rotated by one peer per repetition so no peer always runs first.
 func (r *runner) runJob(ctx context.Context, j *job, peers []*Daemon) {
 	samples := make(map[string]map[string][]float64) // row → peer → samples
+	cpu := make(map[string][]float64)                // peer → daemon CPU s per sample
 	na := make(map[string]map[string]string)         // row → peer → reason
 	for _, row := range j.rows {
 		samples[row.Name] = map[string][]float64{}
@@ -217,9 +221,21 @@ func (r *runner) runJob(ctx context.Context, j *job, peers []*Daemon) {
 			}
 			vals, err := r.sample(ctx, j, p)
 			if err != nil {
+				var se *startError
+				isStart := errors.As(err, &se)
+				err = errors.New(strings.ReplaceAll(err.Error(), r.work, "$WORK"))
+				if isStart {
+					// A daemon that does not mount once will not mount
+					// for the next job either: stop trying.
+					p.Unavailable = err.Error()
+					r.peerInfo(p.Name).Unavailable = err.Error()
+				}
 				r.log.Warn("sample failed", "job", j.name, "peer", p.Name, "rep", rep, "err", err)
 				fail(p.Name, err.Error())
 				continue
+			}
+			if v, ok := vals[cpuKey]; ok {
+				cpu[p.Name] = append(cpu[p.Name], v)
 			}
 			for _, row := range j.rows {
 				if v, ok := vals[row.Name]; ok {
@@ -234,13 +250,16 @@ func (r *runner) runJob(ctx context.Context, j *job, peers []*Daemon) {
 			r.log.Info("sample", "job", j.name, "peer", p.Name, "rep", rep, "values", fmtVals(vals))
 		}
 	}
-	for _, row := range j.rows {
+	for ri, row := range j.rows {
 		if r.cfg.Rows != nil && !r.cfg.Rows.MatchString(row.Name) {
 			continue
 		}
 		rr := RowResult{Row: row}
 		for _, p := range peers {
 			c := Cell{Peer: p.Name, NA: na[row.Name][p.Name]}
+			if ri == 0 && c.NA == "" {
+				c.DaemonCPU = cpu[p.Name]
+			}
 			if c.NA == "" {
 				c.Samples = samples[row.Name][p.Name]
 				if len(c.Samples) == 0 {
@@ -254,6 +273,24 @@ func (r *runner) runJob(ctx context.Context, j *job, peers []*Daemon) {
 		setRatios(&rr, referencePeer)
 		r.res.Rows = append(r.res.Rows, rr)
 	}
+}
+
+// cpuKey carries the daemon's CPU time from measure to runJob.
+const cpuKey = "\x00cpu"
+
+// startError is a peer that did not come up (no mount, exited, hung).
+type startError struct{ err error }
+
+func (e *startError) Error() string { return "start: " + e.err.Error() }
+func (e *startError) Unwrap() error { return e.err }
+
+func (r *runner) peerInfo(name string) *PeerInfo {
+	for i := range r.res.Peers {
+		if r.res.Peers[i].Name == name {
+			return &r.res.Peers[i]
+		}
+	}
+	return &PeerInfo{}
 }
 
 // skip says why peer p cannot run job j at all ("" = it can).
@@ -308,7 +345,7 @@ func (r *runner) sample(ctx context.Context, j *job, p *Daemon) (map[string]floa
 	logPath := filepath.Join(r.cfg.OutDir, "daemon-"+p.Name+".log")
 	inst, err := start(ctx, p, argv, r.shared, r.mnt, logPath)
 	if err != nil {
-		return nil, fmt.Errorf("start: %w", err)
+		return nil, &startError{err}
 	}
 	env := &Env{Root: inst.root, PID: inst.pid, Cfg: r.cfg, inst: inst}
 	if !p.Native {
@@ -347,8 +384,17 @@ func (r *runner) measure(ctx context.Context, j *job, e *Env) (map[string]float6
 		err error
 	}
 	ch := make(chan out, 1)
+	cpu0, cpuErr := 0.0, error(nil)
+	if e.PID != 0 {
+		cpu0, cpuErr = procCPU(e.PID)
+	}
 	go func() {
 		v, err := j.run(ctx, e)
+		if err == nil && e.PID != 0 && cpuErr == nil && !j.restart {
+			if cpu1, err := procCPU(e.PID); err == nil {
+				v[cpuKey] = cpu1 - cpu0
+			}
+		}
 		ch <- out{v, err}
 	}()
 	var died <-chan struct{}
@@ -421,7 +467,11 @@ func fmtVals(v map[string]float64) string {
 	sort.Strings(keys)
 	var b strings.Builder
 	for _, k := range keys {
-		fmt.Fprintf(&b, "%s=%.4g ", k, v[k])
+		name := k
+		if k == cpuKey {
+			name = "daemon_cpu_s"
+		}
+		fmt.Fprintf(&b, "%s=%.4g ", name, v[k])
 	}
 	return strings.TrimSpace(b.String())
 }

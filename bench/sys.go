@@ -153,3 +153,31 @@ func abortFUSE(dev uint64) error {
 	p := fmt.Sprintf("/sys/fs/fuse/connections/%d/abort", unix.Minor(dev))
 	return os.WriteFile(p, []byte("1"), 0)
 }
+
+// clockTicks is USER_HZ, the unit of utime/stime in /proc/PID/stat (100 on
+// every Linux architecture Go supports).
+const clockTicks = 100
+
+// procCPU returns the user+system CPU time of pid (all its threads, live
+// and exited) in seconds.
+func procCPU(pid int) (float64, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	i := bytes.LastIndexByte(data, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("/proc/%d/stat: no comm", pid)
+	}
+	// Fields after "(comm)": state is field 3; utime 14, stime 15.
+	f := strings.Fields(string(data[i+1:]))
+	if len(f) < 13 {
+		return 0, fmt.Errorf("/proc/%d/stat: short", pid)
+	}
+	ut, err1 := strconv.ParseUint(f[11], 10, 64)
+	st, err2 := strconv.ParseUint(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("/proc/%d/stat: bad times", pid)
+	}
+	return float64(ut+st) / clockTicks, nil
+}
