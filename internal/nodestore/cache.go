@@ -3,131 +3,236 @@ package nodestore
 import "sync"
 
 // cache is the bounded in-memory part of the persistent store: verified
-// records by nodeid, and (mount, ino) → nodeid hints. It never holds more
-// than about maxBytes of Go memory; eviction is random (a map iteration
-// starts at a random slot), which needs no per-entry bookkeeping.
+// records by nodeid, and (mount, ino) → nodeid hints. Both are fixed-size,
+// 4-way set-associative arrays with CLOCK replacement inside a set: they
+// are allocated once, never grow or churn (a Go map used as a cache keeps
+// its peak size and bloats under evictions), and a hit costs one lock and
+// four compares. The size follows Options.CacheBytes for typical records
+// (names of a few dozen bytes); records with 255-byte names and 128-byte
+// handles cost up to about twice as much.
 //
 // Reference model: entries are copies; a Record handed out shares its
 // Handle with the cache, which is why callers must not modify Handle.
 // Consistency: writers update the files and then the cache while holding
 // diskStore.mu for writing; readers fill the cache only while holding it
-// for reading, so a reader can never put a record that a writer has
-// already replaced.
+// for reading, so a reader never puts a record a writer has replaced.
 type cache struct {
 	shards [cacheShards]cacheShard
 }
 
-const cacheShards = 16
+const (
+	cacheShards = 16
+	cacheWays   = 4
+	// Estimated bytes per cached record: the Record (88), its entry
+	// overhead, and the name and handle allocations.
+	recCost = 192
+	inoCost = 32
+)
 
 type cacheShard struct {
-	mu       sync.Mutex
-	recs     map[NodeID]Record // +checklocks:mu
-	inos     map[inoKey]NodeID // +checklocks:mu
-	bytes    int               // +checklocks:mu
-	maxBytes int
+	mu      sync.Mutex
+	recs    []recEntry // +checklocks:mu; len is a multiple of cacheWays
+	inos    []inoEntry // +checklocks:mu
+	recMask uint64     // number of record sets - 1
+	inoMask uint64
+	_       [24]byte // keep shards' locks on separate cache lines
 }
 
-// Approximate Go memory per entry, including map overhead.
-const (
-	recCost = 160
-	inoCost = 48
-)
+type recEntry struct {
+	r    Record // r.ID == 0: empty
+	used bool   // CLOCK reference bit
+}
+
+type inoEntry struct {
+	k    inoKey
+	id   NodeID // 0: empty
+	used bool
+}
 
 func newCache(maxBytes int) *cache {
 	c := &cache{}
+	recSets := pow2Floor(maxBytes * 3 / 4 / recCost / cacheWays / cacheShards)
+	inoSets := pow2Floor(maxBytes / 4 / inoCost / cacheWays / cacheShards)
 	for i := range c.shards {
-		c.shards[i].recs = make(map[NodeID]Record)
-		c.shards[i].inos = make(map[inoKey]NodeID)
-		c.shards[i].maxBytes = maxBytes / cacheShards
+		s := &c.shards[i]
+		if recSets > 0 {
+			s.recs = make([]recEntry, recSets*cacheWays)
+			s.recMask = uint64(recSets - 1)
+		}
+		if inoSets > 0 {
+			s.inos = make([]inoEntry, inoSets*cacheWays)
+			s.inoMask = uint64(inoSets - 1)
+		}
 	}
 	return c
 }
 
-func (c *cache) shardID(id NodeID) *cacheShard {
-	return &c.shards[(uint64(id)*0x9E3779B97F4A7C15)>>60]
+func pow2Floor(n int) int {
+	if n <= 0 {
+		return 0
+	}
+	p := 1
+	for p*2 <= n {
+		p *= 2
+	}
+	return p
 }
 
-func (c *cache) shardIno(k inoKey) *cacheShard {
-	return &c.shards[((k.ino^uint64(k.mount)<<40)*0xBF58476D1CE4E5B9)>>60]
+func hashID(id NodeID) uint64 { return fmix64(uint64(id)) }
+
+func hashIno(k inoKey) uint64 { return fmix64(k.ino ^ uint64(k.mount)<<48 ^ 0x5bd1e995) }
+
+// shard and set for a hash: the top 4 bits pick the shard, the low bits the set.
+func (c *cache) shard(h uint64) *cacheShard { return &c.shards[h>>60] }
+
+func (s *cacheShard) recSet(h uint64) []recEntry {
+	i := (h & s.recMask) * cacheWays
+	return s.recs[i : i+cacheWays]
+}
+
+func (s *cacheShard) inoSet(h uint64) []inoEntry {
+	i := (h & s.inoMask) * cacheWays
+	return s.inos[i : i+cacheWays]
 }
 
 func (c *cache) get(id NodeID) (Record, bool) {
-	s := c.shardID(id)
+	h := hashID(id)
+	s := c.shard(h)
 	s.mu.Lock()
-	r, ok := s.recs[id]
-	s.mu.Unlock()
-	return r, ok
+	defer s.mu.Unlock()
+	if s.recs == nil || id == 0 {
+		return Record{}, false
+	}
+	set := s.recSet(h)
+	for i := range set {
+		if set[i].r.ID == id {
+			set[i].used = true
+			return set[i].r, true
+		}
+	}
+	return Record{}, false
 }
 
 func (c *cache) putRec(r Record) {
-	s := c.shardID(r.ID)
+	h := hashID(r.ID)
+	s := c.shard(h)
 	s.mu.Lock()
-	if old, ok := s.recs[r.ID]; ok {
-		s.bytes -= recCost + len(old.Name) + len(old.Handle)
+	defer s.mu.Unlock()
+	if s.recs == nil {
+		return
 	}
-	s.recs[r.ID] = r
-	s.bytes += recCost + len(r.Name) + len(r.Handle)
-	s.evictLocked()
-	s.mu.Unlock()
+	set := s.recSet(h)
+	victim := -1
+	for i := range set {
+		if set[i].r.ID == r.ID {
+			victim = i
+			break
+		}
+	}
+	if victim < 0 {
+		victim = clockVictim(len(set), func(i int) *bool {
+			if set[i].r.ID == 0 {
+				return nil
+			}
+			return &set[i].used
+		})
+	}
+	set[victim] = recEntry{r: r}
+}
+
+// clockVictim picks a way: the first empty one, else the first whose
+// reference bit is clear, clearing bits as it passes (CLOCK).
+func clockVictim(n int, used func(i int) *bool) int {
+	for i := 0; i < n; i++ {
+		if used(i) == nil {
+			return i
+		}
+	}
+	for {
+		for i := 0; i < n; i++ {
+			u := used(i)
+			if !*u {
+				return i
+			}
+			*u = false
+		}
+	}
 }
 
 func (c *cache) delRec(id NodeID) {
-	s := c.shardID(id)
+	h := hashID(id)
+	s := c.shard(h)
 	s.mu.Lock()
-	if old, ok := s.recs[id]; ok {
-		s.bytes -= recCost + len(old.Name) + len(old.Handle)
-		delete(s.recs, id)
+	defer s.mu.Unlock()
+	if s.recs == nil {
+		return
 	}
-	s.mu.Unlock()
+	set := s.recSet(h)
+	for i := range set {
+		if set[i].r.ID == id {
+			set[i] = recEntry{}
+		}
+	}
 }
 
 func (c *cache) getIno(k inoKey) (NodeID, bool) {
-	s := c.shardIno(k)
+	h := hashIno(k)
+	s := c.shard(h)
 	s.mu.Lock()
-	id, ok := s.inos[k]
-	s.mu.Unlock()
-	return id, ok
+	defer s.mu.Unlock()
+	if s.inos == nil {
+		return 0, false
+	}
+	set := s.inoSet(h)
+	for i := range set {
+		if set[i].id != 0 && set[i].k == k {
+			set[i].used = true
+			return set[i].id, true
+		}
+	}
+	return 0, false
 }
 
 func (c *cache) putIno(k inoKey, id NodeID) {
-	s := c.shardIno(k)
+	h := hashIno(k)
+	s := c.shard(h)
 	s.mu.Lock()
-	if _, ok := s.inos[k]; !ok {
-		s.bytes += inoCost
+	defer s.mu.Unlock()
+	if s.inos == nil {
+		return
 	}
-	s.inos[k] = id
-	s.evictLocked()
-	s.mu.Unlock()
+	set := s.inoSet(h)
+	victim := -1
+	for i := range set {
+		if set[i].id != 0 && set[i].k == k {
+			victim = i
+			break
+		}
+	}
+	if victim < 0 {
+		victim = clockVictim(len(set), func(i int) *bool {
+			if set[i].id == 0 {
+				return nil
+			}
+			return &set[i].used
+		})
+	}
+	set[victim] = inoEntry{k: k, id: id}
 }
 
 // delIno drops the hint k → id (any id if id is 0).
 func (c *cache) delIno(k inoKey, id NodeID) {
-	s := c.shardIno(k)
+	h := hashIno(k)
+	s := c.shard(h)
 	s.mu.Lock()
-	if cur, ok := s.inos[k]; ok && (id == 0 || cur == id) {
-		delete(s.inos, k)
-		s.bytes -= inoCost
+	defer s.mu.Unlock()
+	if s.inos == nil {
+		return
 	}
-	s.mu.Unlock()
-}
-
-func (s *cacheShard) evictLocked() {
-	for s.bytes > s.maxBytes {
-		// Evict from the larger population first.
-		if len(s.recs)*recCost >= len(s.inos)*inoCost && len(s.recs) > 0 {
-			for id, r := range s.recs {
-				delete(s.recs, id)
-				s.bytes -= recCost + len(r.Name) + len(r.Handle)
-				break
-			}
-		} else if len(s.inos) > 0 {
-			for k := range s.inos {
-				delete(s.inos, k)
-				s.bytes -= inoCost
-				break
-			}
-		} else {
-			return
+	set := s.inoSet(h)
+	for i := range set {
+		if set[i].id != 0 && set[i].k == k && (id == 0 || set[i].id == id) {
+			set[i] = inoEntry{}
 		}
 	}
 }
@@ -136,8 +241,16 @@ func (c *cache) len() (recs, inos int) {
 	for i := range c.shards {
 		s := &c.shards[i]
 		s.mu.Lock()
-		recs += len(s.recs)
-		inos += len(s.inos)
+		for _, e := range s.recs {
+			if e.r.ID != 0 {
+				recs++
+			}
+		}
+		for _, e := range s.inos {
+			if e.id != 0 {
+				inos++
+			}
+		}
 		s.mu.Unlock()
 	}
 	return
