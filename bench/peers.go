@@ -16,29 +16,33 @@ const (
 	PeerGovirtiofsd  = "govirtiofsd"           // default configuration (persistent node table)
 	PeerGovNoState   = "govirtiofsd-statenone" // --state-dir=none
 	PeerLoopback     = "loopback"              // go-fuse's example/loopback
+	PeerLoopbackNoPT = "loopback-nopt"         // the same without FUSE passthrough
 	referencePeer    = PeerLoopback
 	govirtiofsdPkg   = "./cmd/govirtiofsd"
 	loopbackPkg      = "github.com/hanwen/go-fuse/v2/example/loopback"
+	loopbackNoPTPkg  = "./cmd/govirtiofsd-bench/loopback-nopt"
 	helpProbeTimeout = 10 * time.Second
 )
 
 // AllPeers is the default peer list, in column order.
-var AllPeers = []string{PeerNative, PeerGovirtiofsd, PeerGovNoState, PeerLoopback}
+var AllPeers = []string{PeerNative, PeerGovirtiofsd, PeerGovNoState, PeerLoopback, PeerLoopbackNoPT}
 
 // buildPeers turns peer names into Daemons, building binaries as needed.
 // A peer that cannot be built is returned with Unavailable set.
 func buildPeers(ctx context.Context, cfg *Config, binDir string) ([]*Daemon, error) {
 	var out []*Daemon
-	var gov, loop string
-	var govErr, loopErr error
+	var gov, loop, nopt string
+	var govErr, loopErr, noptErr error
 	var govHelp string
-	needGov, needLoop := false, false
+	needGov, needLoop, needNoPT := false, false, false
 	for _, n := range cfg.Daemons {
 		switch n {
 		case PeerGovirtiofsd, PeerGovNoState:
 			needGov = true
 		case PeerLoopback:
 			needLoop = true
+		case PeerLoopbackNoPT:
+			needNoPT = true
 		case PeerNative:
 		default:
 			return nil, fmt.Errorf("unknown daemon %q (known: %s)", n, strings.Join(AllPeers, ", "))
@@ -52,6 +56,9 @@ func buildPeers(ctx context.Context, cfg *Config, binDir string) ([]*Daemon, err
 	}
 	if needLoop {
 		loop, loopErr = binary(ctx, cfg, cfg.LoopbackBin, loopbackPkg, filepath.Join(binDir, "loopback"))
+	}
+	if needNoPT {
+		nopt, noptErr = binary(ctx, cfg, "", loopbackNoPTPkg, filepath.Join(binDir, "loopback-nopt"))
 	}
 	for _, n := range cfg.Daemons {
 		d := &Daemon{Name: n, Transport: DevFuse}
@@ -100,7 +107,16 @@ func buildPeers(ctx context.Context, cfg *Config, binDir string) ([]*Daemon, err
 			d.Argv = func(shared, mnt, _ string) []string {
 				return []string{loop, "-q", "-directmountstrict", mnt, shared}
 			}
-			d.Note = strings.Join(d.Argv("DIR", "MNT", ""), " ")
+			d.Note = strings.Join(d.Argv("DIR", "MNT", ""), " ") + " (READ/WRITE use FUSE passthrough when root on kernel ≥ 6.9)"
+		case PeerLoopbackNoPT:
+			if noptErr != nil {
+				d.Unavailable = "build failed: " + firstLine(noptErr.Error())
+				break
+			}
+			d.Argv = func(shared, mnt, _ string) []string {
+				return []string{nopt, mnt, shared}
+			}
+			d.Note = strings.Join(d.Argv("DIR", "MNT", ""), " ") + " (go-fuse loopback without passthrough: READ/WRITE reach the daemon)"
 		}
 		out = append(out, d)
 	}
@@ -124,7 +140,13 @@ func binary(ctx context.Context, cfg *Config, prebuilt, pkg, dst string) (string
 	cmd := exec.CommandContext(ctx, "go", "build", "-o", dst, pkg)
 	cmd.Dir = cfg.ModuleDir
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build %s: %v: %s", pkg, err, strings.TrimSpace(string(out)))
+		var msg []string
+		for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+			if !strings.HasPrefix(l, "# ") && len(msg) < 2 {
+				msg = append(msg, strings.TrimSpace(l))
+			}
+		}
+		return "", fmt.Errorf("go build %s: %v: %s", pkg, err, strings.Join(msg, "; "))
 	}
 	return dst, nil
 }
