@@ -22,8 +22,7 @@ TAG=$(arg tag)
 WALK=$(arg walk)
 TOKEN=$(arg token)
 WD=$(arg watchdog)
-
-(sleep "${WD:-600}"; echo "RESULT watchdog FAIL guest watchdog fired after ${WD:-600}s"; echo GUEST-DONE; poweroff -nf) &
+WD2=$(arg watchdog2)
 
 echo GUEST-HELLO
 BOOT=1
@@ -31,7 +30,13 @@ if read -t 30 line; then
 	case $line in *"HOST BOOT "*) BOOT=${line##*HOST BOOT };; esac
 fi
 BOOT=$(echo "$BOOT" | tr -dc 0-9)
+[ -n "$BOOT" ] || BOOT=1
 echo "GUEST-BOOT $BOOT"
+
+# Watchdog: the first boot runs everything, a later one only mounts and
+# reads a token.
+[ "$BOOT" -gt 1 ] && WD=$WD2
+(sleep "${WD:-600}"; echo "RESULT watchdog FAIL guest watchdog fired after ${WD:-600}s in boot $BOOT"; echo GUEST-DONE; poweroff -nf) &
 
 for m in @MODULES@; do
 	insmod /lib/modules/$m.ko || echo "RESULT modules FAIL insmod $m failed"
@@ -56,6 +61,11 @@ if [ "$BOOT" -gt 2 ]; then
 elif [ "$BOOT" = 2 ]; then
 	check token-check reboot /mnt/reboot/token "$TOKEN"
 else
+	# The token goes first, so that reboot and reconnect do not depend on
+	# how the daemon coped with the checks before them.
+	for c in $PLAN; do
+		case $c in reboot|reconnect) check token-write "$c-write" /mnt/reboot/token "$TOKEN" ;; esac
+	done
 	for c in $PLAN; do
 		case $c in
 		posixtest) check posixtest /mnt/posix ;;
@@ -66,7 +76,6 @@ else
 			echo "SAMPLE walk"
 			read -t 60 line
 			;;
-		reboot|reconnect) check token-write "$c-write" /mnt/reboot/token "$TOKEN" ;;
 		reconnect-verify) check token-check reconnect /mnt/reboot/token "$TOKEN" ;;
 		esac
 	done

@@ -38,6 +38,9 @@ var AllChecks = []string{CheckPosixtest, CheckIdentity, CheckHandles, CheckWalk,
 // walk's directories and the daemon's own fds are counted.
 const DefaultWalkFiles = 20000
 
+// laterBootWatchdog bounds a boot after the guest's own reboot -f.
+const laterBootWatchdog = 60 * time.Second
+
 // Guest is a built initramfs, reusable across Runs.
 type Guest struct {
 	Env    *Env
@@ -128,18 +131,30 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	for _, c := range o.Checks {
 		want[c] = true
 	}
+	// The guest's watchdog for the first boot fires before the host
+	// timeout, so that a hung check still yields the other checks' lines;
+	// a boot after reboot -f only mounts and reads, and gets
+	// laterBootWatchdog.
 	if o.Timeout == 0 {
-		o.Timeout = 90 * time.Second
+		o.Timeout = 75 * time.Second
 		if want[CheckPosixtest] {
-			o.Timeout += 240 * time.Second
+			o.Timeout += 150 * time.Second
 		}
 		if want[CheckWalk] {
 			o.Timeout += 240 * time.Second
 		}
+		if want[CheckReboot] {
+			o.Timeout += laterBootWatchdog + 15*time.Second
+		}
 	}
+	watchdog := o.Timeout - 15*time.Second
+	if want[CheckReboot] {
+		watchdog -= laterBootWatchdog + 15*time.Second
+	}
+	start := time.Now()
 	logf := func(format string, args ...any) {
 		if o.Log != nil {
-			fmt.Fprintf(o.Log, "guest: "+format+"\n", args...)
+			fmt.Fprintf(o.Log, "%6.1fs guest: "+format+"\n", append([]any{time.Since(start).Seconds()}, args...)...)
 		}
 	}
 	work := o.WorkDir
@@ -189,11 +204,11 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 
 	runQEMU := func(plan []string, allowReboot bool) bootResult {
 		boots := 0
-		cmdline := fmt.Sprintf("gvfs.plan=%s gvfs.tag=gvfs gvfs.walk=%d gvfs.token=%s gvfs.watchdog=%d",
-			strings.Join(plan, ","), o.WalkFiles, token, int((o.Timeout - 15*time.Second).Seconds()))
+		cmdline := fmt.Sprintf("gvfs.plan=%s gvfs.tag=gvfs gvfs.walk=%d gvfs.token=%s gvfs.watchdog=%d gvfs.watchdog2=%d",
+			strings.Join(plan, ","), o.WalkFiles, token, int(watchdog.Seconds()), int(laterBootWatchdog.Seconds()))
 		var logw io.Writer
 		if o.Log != nil {
-			logw = prefixWriter{o.Log, "console: "}
+			logw = prefixWriter{o.Log, "console: ", start}
 		}
 		br := boot(ctx, bootConfig{
 			env: o.Guest.Env, initrd: o.Guest.Initrd, sock: sock, tag: "gvfs",
@@ -306,13 +321,15 @@ func lastLine(s string) string {
 	return s
 }
 
-// prefixWriter prefixes every Write (one console line each) with p.
+// prefixWriter prefixes every Write (one console line each) with the time
+// since start and p.
 type prefixWriter struct {
-	w io.Writer
-	p string
+	w     io.Writer
+	p     string
+	start time.Time
 }
 
 func (pw prefixWriter) Write(b []byte) (int, error) {
-	_, err := io.WriteString(pw.w, pw.p+string(b))
+	_, err := fmt.Fprintf(pw.w, "%6.1fs %s%s", time.Since(pw.start).Seconds(), pw.p, b)
 	return len(b), err
 }

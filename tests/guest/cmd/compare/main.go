@@ -15,8 +15,10 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"os/signal"
 	"sort"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -92,13 +94,17 @@ func main() {
 		os.Exit(1)
 	}
 	checkNames := strings.Split(*checkList, ",")
+	// An interrupt stops the current guest and daemon and still removes
+	// the fixtures (tmpfs mounts included).
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
 	for _, c := range cols {
-		if c.na != "" {
+		if c.na != "" || ctx.Err() != nil {
 			continue
 		}
 		fmt.Fprintf(os.Stderr, "compare: %s ...\n", c.d.Name)
 		start := time.Now()
-		c.rep, c.err = guest.Run(context.Background(), guest.Options{
+		c.rep, c.err = guest.Run(ctx, guest.Options{
 			Guest: g, Daemon: c.d, Checks: checkNames, WalkFiles: *walk, Log: log,
 		})
 		c.took = time.Since(start)
