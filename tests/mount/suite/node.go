@@ -18,6 +18,7 @@ func init() {
 	register("statfs", statfsCase)
 	register("access", accessCase)
 	register("xattr", xattrCase)
+	register("xattr_symlink", xattrSymlink)
 }
 
 func symlinkReadlink(t *testing.T, e *Env) {
@@ -299,14 +300,10 @@ func xattrCase(t *testing.T, e *Env) {
 	_, err = unix.Getxattr(p, "user.a", buf)
 	wantErrno(t, "getxattr after remove", err, unix.ENODATA)
 	wantErrno(t, "removexattr missing", unix.Removexattr(p, "user.a"), unix.ENODATA)
-	// Directories and symlinks (user.* is not allowed on symlinks).
 	must(t, "mkdir", unix.Mkdir(e.M("d"), 0o755))
 	must(t, "setxattr dir", unix.Setxattr(e.M("d"), "user.d", []byte("dir"), 0))
-	must(t, "symlink", unix.Symlink("f", e.M("l")))
-	wantErrno(t, "lsetxattr user.* on a symlink", unix.Lsetxattr(e.M("l"), "user.x", []byte("x"), 0), unix.EPERM)
-	must(t, "lsetxattr trusted.* on a symlink", unix.Lsetxattr(e.M("l"), "trusted.l", []byte("L"), 0))
-	if _, err := unix.Getxattr(p, "trusted.l", buf); errnoOf(err) != unix.ENODATA {
-		t.Errorf("lsetxattr on the link reached the target: %v", errString(err))
+	if n, err := unix.Getxattr(e.M("d"), "user.d", buf); err != nil || string(buf[:n]) != "dir" {
+		t.Errorf("getxattr on a dir: %q %v", buf[:n], errString(err))
 	}
 	// A non-root caller cannot write trusted.* nor user.* on a file it
 	// cannot write.
@@ -317,5 +314,29 @@ func xattrCase(t *testing.T, e *Env) {
 	res := runAs(t, e.nonRoot(), steps...)
 	if res[0].Err != "EPERM" || res[1].Err != "EACCES" {
 		t.Errorf("uid %d setxattr trusted.c / user.c: %q / %q, want EPERM / EACCES", e.Opts.UID, res[0].Err, res[1].Err)
+	}
+}
+
+// xattrSymlink: xattrs on a symlink act on the link itself (trusted.* is
+// allowed there, user.* is not), never on its target.
+func xattrSymlink(t *testing.T, e *Env) {
+	if !e.Opts.Xattr {
+		return
+	}
+	writeFile(t, e.M("f"), "", 0o644)
+	must(t, "symlink", unix.Symlink("f", e.M("l")))
+	wantErrno(t, "lsetxattr user.* on a symlink", unix.Lsetxattr(e.M("l"), "user.x", []byte("x"), 0), unix.EPERM)
+	must(t, "lsetxattr trusted.* on a symlink", unix.Lsetxattr(e.M("l"), "trusted.l", []byte("L"), 0))
+	buf := make([]byte, 16)
+	if n, err := unix.Lgetxattr(e.M("l"), "trusted.l", buf); err != nil || string(buf[:n]) != "L" {
+		t.Errorf("lgetxattr on the link: %q %v", buf[:n], errString(err))
+	}
+	if _, err := unix.Getxattr(e.M("f"), "trusted.l", buf); errnoOf(err) != unix.ENODATA {
+		t.Errorf("lsetxattr on the link reached the target: %v", errString(err))
+	}
+	if e.HostVisible() {
+		if n, err := unix.Lgetxattr(e.H("l"), "trusted.l", buf); err != nil || string(buf[:n]) != "L" {
+			t.Errorf("host lgetxattr on the link: %q %v", buf[:n], errString(err))
+		}
 	}
 }
