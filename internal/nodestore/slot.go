@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"hash"
 	"sync"
+	"unsafe"
 )
 
 // Record slot layout in the records file (little endian). Slot i lives at
@@ -24,7 +25,9 @@ import (
 //	40  name      [255]
 //	295 handle    [128]
 //	423 zero padding
-//	496 MAC       [16] = HMAC-SHA256(recordKey, generation ‖ slot[0:496])[:16]
+//	496 MAC       [16] = HMAC-SHA256(recordKey, generation ‖ slot[0:40] ‖ name ‖ handle)[:16]
+//
+// Every unused byte (after the name, after the handle, padding) must be zero.
 const (
 	slotSize   = 512
 	slotMACOff = slotSize - macLen
@@ -45,31 +48,41 @@ const (
 	stateLive = 1
 )
 
-// macer computes the record MAC. The HMAC state is pooled: hmac.New costs
+// macer computes the record MAC. HMAC states are pooled: hmac.New costs
 // allocations and two compression rounds for the padded key.
 type macer struct {
 	gen  [8]byte
-	pool sync.Pool // of hash.Hash
+	pool sync.Pool // of *macState
+}
+
+type macState struct {
+	h   hash.Hash
+	sum [sha256.Size]byte
 }
 
 func newMacer(key []byte, gen uint64) *macer {
 	m := &macer{}
 	binary.LittleEndian.PutUint64(m.gen[:], gen)
 	k := append([]byte(nil), key...)
-	m.pool.New = func() any { return hmac.New(sha256.New, k) }
+	m.pool.New = func() any { return &macState{h: hmac.New(sha256.New, k)} }
 	return m
 }
 
-// sum writes the MAC of gen ‖ data into out.
-func (m *macer) sum(out *[macLen]byte, data []byte) {
-	h := m.pool.Get().(hash.Hash)
-	h.Reset()
-	h.Write(m.gen[:])
-	h.Write(data)
-	var full [sha256.Size]byte
-	h.Sum(full[:0])
-	m.pool.Put(h)
-	copy(out[:], full[:macLen])
+// slotMAC computes the MAC of a slot into out: HMAC-SHA256(recordKey,
+// generation ‖ fixed fields ‖ name ‖ handle)[:16]. The unused parts of the
+// name and handle fields and the padding are not hashed (that would
+// quadruple the cost for typical names); decodeSlot requires them to be
+// zero instead, so every byte of the slot is still covered.
+func (m *macer) slotMAC(out *[macLen]byte, b []byte) {
+	nl, hl := int(b[offNameLen]), int(b[offHandleLen])
+	st := m.pool.Get().(*macState)
+	st.h.Reset()
+	st.h.Write(m.gen[:])
+	st.h.Write(b[:offName])
+	st.h.Write(b[offName : offName+nl])
+	st.h.Write(b[offHandle : offHandle+min(hl, MaxHandleLen)])
+	copy(out[:], st.h.Sum(st.sum[:0]))
+	m.pool.Put(st)
 }
 
 // encodeSlot fills b (slotSize bytes) with r, sealed.
@@ -88,7 +101,7 @@ func (m *macer) encodeSlot(b []byte, r *Record) {
 	copy(b[offName:], r.Name)
 	copy(b[offHandle:], r.Handle)
 	var mac [macLen]byte
-	m.sum(&mac, b[:slotMACOff])
+	m.slotMAC(&mac, b)
 	copy(b[slotMACOff:], mac[:])
 }
 
@@ -107,16 +120,19 @@ func (m *macer) decodeSlot(b []byte, id NodeID, r *Record) slotStatus {
 	if b[0] == 0 && isZero(b) {
 		return slotEmpty
 	}
+	nl, hl := int(b[offNameLen]), int(b[offHandleLen])
+	if hl > MaxHandleLen || !isZero(b[offName+nl:offHandle]) || !isZero(b[offHandle+hl:slotMACOff]) {
+		return slotBad
+	}
 	var mac [macLen]byte
-	m.sum(&mac, b[:slotMACOff])
+	m.slotMAC(&mac, b)
 	if !hmac.Equal(mac[:], b[slotMACOff:]) {
 		return slotBad
 	}
 	// The MAC verified, so the fields below were written by this store's
 	// key holder; the checks are defence in depth.
 	le := binary.LittleEndian
-	nl, hl := int(b[offNameLen]), int(b[offHandleLen])
-	if b[0] != stateLive || b[3] != 0 || NodeID(le.Uint64(b[offID:])) != id || hl > MaxHandleLen {
+	if b[0] != stateLive || b[3] != 0 || NodeID(le.Uint64(b[offID:])) != id {
 		return slotBad
 	}
 	r.ID = id
@@ -125,10 +141,19 @@ func (m *macer) decodeSlot(b []byte, id NodeID, r *Record) slotStatus {
 	r.HandleType = int32(le.Uint32(b[offHType:]))
 	r.Ino = le.Uint64(b[offIno:])
 	r.Parent = NodeID(le.Uint64(b[offParent:]))
-	r.Name = string(b[offName : offName+nl])
-	r.Handle = nil
-	if hl > 0 {
-		r.Handle = append([]byte(nil), b[offHandle:offHandle+hl]...)
+	// One allocation for name and handle; neither is written afterwards,
+	// which makes the unsafe.String sound.
+	r.Name, r.Handle = "", nil
+	if nl+hl > 0 {
+		buf := make([]byte, nl+hl)
+		copy(buf, b[offName:offName+nl])
+		copy(buf[nl:], b[offHandle:offHandle+hl])
+		if nl > 0 {
+			r.Name = unsafe.String(&buf[0], nl)
+		}
+		if hl > 0 {
+			r.Handle = buf[nl : nl+hl : nl+hl]
+		}
 	}
 	return slotOK
 }
