@@ -21,7 +21,6 @@ import (
 	"github.com/govirtiofsd/govirtiofsd/internal/devfuse"
 	"github.com/govirtiofsd/govirtiofsd/internal/engine"
 	"github.com/govirtiofsd/govirtiofsd/internal/inode"
-	"github.com/govirtiofsd/govirtiofsd/internal/nodestore"
 	"github.com/govirtiofsd/govirtiofsd/internal/passthrough"
 )
 
@@ -43,6 +42,8 @@ type config struct {
 	inodeNumbers      string
 	inodeFileHandles  string
 	stateDir          string
+	handleKeyFile     string
+	handles           inode.HandleMode
 	maxOpenFDs        int
 	threadPoolSize    int
 	logLevel          string
@@ -50,11 +51,12 @@ type config struct {
 	printCaps         bool
 	exitOnDisconnect  bool
 	numQueues         int
+	supervise         bool
 }
 
 func parseFlags(args []string) (*config, error) {
 	c := &config{}
-	fs := flag.NewFlagSet("govirtiofsd", flag.ContinueOnError)
+	fs := flagSetFor("govirtiofsd")
 	fs.StringVar(&c.sharedDir, "shared-dir", "", "host directory to share (required)")
 	fs.StringVar(&c.mount, "mount", "", "serve over /dev/fuse at this mount point")
 	fs.StringVar(&c.socketPath, "socket-path", "", "vhost-user socket to listen on")
@@ -70,7 +72,8 @@ func parseFlags(args []string) (*config, error) {
 	fs.BoolVar(&c.noAnnounce, "no-announce-submounts", false, "do not announce submounts")
 	fs.StringVar(&c.inodeNumbers, "inode-numbers", "auto", "st_ino policy: auto, host or remap")
 	fs.StringVar(&c.inodeFileHandles, "inode-file-handles", "never", "use host file handles: never, prefer or mandatory")
-	fs.StringVar(&c.stateDir, "state-dir", "none", "directory for the persistent node table, or none")
+	fs.StringVar(&c.stateDir, "state-dir", "", "directory for the persistent node table, or none (default: a per-export folder under /var/lib/govirtiofsd as root, $XDG_STATE_HOME otherwise)")
+	fs.StringVar(&c.handleKeyFile, "handle-key-file", "", "file holding the MAC key that seals node records (default: a key kept in the state directory, mode 0600)")
 	fs.IntVar(&c.maxOpenFDs, "max-open-fds", 4096, "bound on node fds kept open")
 	fs.IntVar(&c.threadPoolSize, "thread-pool-size", 0, "request workers (0: a default for the transport)")
 	fs.StringVar(&c.logLevel, "log-level", "info", "error, warn, info, debug or off")
@@ -78,6 +81,7 @@ func parseFlags(args []string) (*config, error) {
 	fs.BoolVar(&c.printCaps, "print-capabilities", false, "print the vhost-user capabilities JSON and exit")
 	fs.BoolVar(&c.exitOnDisconnect, "exit-on-disconnect", false, "exit when the vhost-user front-end disconnects")
 	fs.IntVar(&c.numQueues, "num-request-queues", 1, "virtio-fs request queues offered")
+	fs.BoolVar(&c.supervise, "supervise", false, "keep the /dev/fuse connection in a supervisor process and restart the serving process if it dies")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -88,6 +92,10 @@ func parseFlags(args []string) (*config, error) {
 		c.announceSubmounts = false
 	}
 	return c, nil
+}
+
+func flagSetFor(name string) *flag.FlagSet {
+	return flag.NewFlagSet(name, flag.ContinueOnError)
 }
 
 func newLogger(level string) (*slog.Logger, error) {
@@ -110,6 +118,9 @@ func newLogger(level string) (*slog.Logger, error) {
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "upgrade" {
+		os.Exit(upgradeCommand(os.Args[2:]))
+	}
 	c, err := parseFlags(os.Args[1:])
 	if errors.Is(err, flag.ErrHelp) {
 		os.Exit(0)
@@ -128,6 +139,13 @@ func main() {
 		os.Exit(2)
 	}
 	slog.SetDefault(log)
+	if c.supervise {
+		if err := supervise(c, os.Args[1:], log); err != nil {
+			log.Error("supervisor failed", "err", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(c, log); err != nil {
 		log.Error("govirtiofsd failed", "err", err)
 		os.Exit(1)
@@ -166,7 +184,7 @@ func run(c *config, log *slog.Logger) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if c.mount != "" {
-		return serveDevFuse(ctx, c, fsys, log)
+		return serveDevFuse(ctx, c, fsys, table, log)
 	}
 	return serveVhostUser(ctx, c, fsys, log)
 }
@@ -180,21 +198,14 @@ func newFileSystem(c *config, log *slog.Logger) (*passthrough.FS, *inode.Table, 
 	if err != nil {
 		return nil, nil, err
 	}
-	switch c.inodeFileHandles {
-	case "never", "prefer", "mandatory":
-	default:
-		return nil, nil, fmt.Errorf("unknown --inode-file-handles %q (want never, prefer or mandatory)", c.inodeFileHandles)
+	if c.handles, err = inode.ParseHandleMode(c.inodeFileHandles); err != nil {
+		return nil, nil, err
 	}
 	if c.sandbox != "none" {
 		log.Warn("sandboxing is not implemented; serving without one", "sandbox", c.sandbox)
 	}
-	store, err := openStore(c, log)
+	table, err := openTable(c, log)
 	if err != nil {
-		return nil, nil, err
-	}
-	table, err := inode.New(c.sharedDir, store, inode.Options{MaxOpenFDs: c.maxOpenFDs, Logger: log})
-	if err != nil {
-		store.Close()
 		return nil, nil, err
 	}
 	fsys := passthrough.New(table, passthrough.Options{
@@ -210,37 +221,61 @@ func newFileSystem(c *config, log *slog.Logger) (*passthrough.FS, *inode.Table, 
 	return fsys, table, nil
 }
 
-func openStore(c *config, log *slog.Logger) (inode.Store, error) {
-	if c.stateDir != "none" {
-		return nil, fmt.Errorf("--state-dir %s: the persistent node table is not built yet; use --state-dir=none", c.stateDir)
-	}
-	return nodestore.OpenMemory(), nil
-}
-
-func serveDevFuse(ctx context.Context, c *config, fsys *passthrough.FS, log *slog.Logger) error {
-	fd, err := devfuse.Mount(c.mount, devfuse.MountOptions{FsName: c.sharedDir, ReadOnly: c.readOnly})
+func serveDevFuse(ctx context.Context, c *config, fsys *passthrough.FS, table *inode.Table, log *slog.Logger) error {
+	stateDir, err := c.resolvedStateDir()
 	if err != nil {
 		return err
 	}
-	log.Info("serving over /dev/fuse", "shared-dir", c.sharedDir, "mount", c.mount)
-	eng := engine.New(fsys, engine.Options{Logger: log})
-	done := make(chan error, 1)
+	fd, resume, inherited := inheritedFuseFD()
+	if !inherited {
+		if fd, err = devfuse.Mount(c.mount, devfuse.MountOptions{FsName: c.sharedDir, ReadOnly: c.readOnly}); err != nil {
+			return err
+		}
+		storeInSystemd(fd, log)
+	}
+	eng := engine.New(fsys, engine.Options{Logger: log, OnInit: saveInit(stateDir, log)})
+	if resume {
+		req, err := loadInit(stateDir)
+		if err != nil {
+			log.Warn("no saved INIT for the inherited connection; waiting for the kernel's", "err", err)
+		} else if st := eng.ReplayInit(req); !st.Ok() {
+			return fmt.Errorf("replay saved INIT: %v", st)
+		}
+	}
 	workers := c.threadPoolSize
 	if workers <= 0 {
 		workers = max(16, 4*runtime.NumCPU())
 	}
-	go func() {
-		done <- devfuse.Serve(fd, eng, devfuse.ServeOptions{Workers: workers, MaxWrite: engine.DefaultMaxWrite, Logger: log})
-	}()
-	select {
-	case err := <-done:
-		// Unmounted from outside (umount, fusermount -u).
-		return err
-	case <-ctx.Done():
+	srv := devfuse.NewServer(fd, eng, devfuse.ServeOptions{Workers: workers, MaxWrite: engine.DefaultMaxWrite, Logger: log})
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve() }()
+	if resume {
+		// Requests the predecessor read and never answered.
+		if err := devfuse.NotifyResend(fd); err != nil {
+			log.Warn("kernel cannot resend lost requests (needs Linux 6.9); requests in flight at the restart stay unanswered", "err", err)
+		}
 	}
-	log.Info("unmounting", "mount", c.mount)
-	if err := devfuse.Unmount(c.mount); err != nil {
-		return err
+	writePidFile(stateDir)
+	log.Info("serving over /dev/fuse", "shared-dir", c.sharedDir, "mount", c.mount, "resumed", resume, "pid", os.Getpid())
+
+	usr2 := make(chan os.Signal, 1)
+	signal.Notify(usr2, syscall.SIGUSR2)
+	defer signal.Stop(usr2)
+	for {
+		select {
+		case err := <-done:
+			// Unmounted from outside (umount, fusermount -u).
+			return err
+		case <-usr2:
+			err := upgrade(srv, fd, table, stateDir, log)
+			log.Error("upgrade failed", "err", err)
+			return err
+		case <-ctx.Done():
+			log.Info("unmounting", "mount", c.mount)
+			if err := devfuse.Unmount(c.mount); err != nil {
+				return err
+			}
+			return <-done
+		}
 	}
-	return <-done
 }

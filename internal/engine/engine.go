@@ -25,6 +25,9 @@ type FileSystem interface {
 type Options struct {
 	MaxWrite int // largest WRITE/READ payload; default 1 MiB
 	Logger   *slog.Logger
+	// OnInit, if set, receives every INIT request the engine answers (not
+	// replays), so it can be saved for a successor process.
+	OnInit func(req []byte)
 }
 
 // DefaultMaxWrite is the largest payload negotiated by default (256 pages,
@@ -34,8 +37,9 @@ const DefaultMaxWrite = 1 << 20
 // Engine serves the FUSE requests of one connection. HandleRequest may be
 // called from many goroutines at once.
 type Engine struct {
-	ps *fuse.ProtocolServer
-	fs FileSystem
+	ps     *fuse.ProtocolServer
+	fs     FileSystem
+	onInit func([]byte)
 
 	mu      sync.Mutex
 	initReq []byte // the INIT request as received, for replay
@@ -53,11 +57,11 @@ func New(fs FileSystem, opts Options) *Engine {
 		MaxWrite:          opts.MaxWrite,
 		MaxReadAhead:      opts.MaxWrite,
 		MaxBackground:     64,
-		ExtraCapabilities: fs.Capabilities(),
+		ExtraCapabilities: fs.Capabilities() | fuse.CAP_HAS_RESEND,
 		Logger:            slog.NewLogLogger(opts.Logger.Handler(), slog.LevelWarn),
 		DisableSplice:     true,
 	}
-	return &Engine{ps: fuse.NewProtocolServer(fs, mo), fs: fs}
+	return &Engine{ps: fuse.NewProtocolServer(fs, mo), fs: fs, onInit: opts.OnInit}
 }
 
 const (
@@ -72,14 +76,16 @@ func (e *Engine) HandleRequest(in, out [][]byte) (int, fuse.Status) {
 	isInit := len(in) > 0 && len(in[0]) >= inHeaderSize && binary.LittleEndian.Uint32(in[0][4:]) == opInit
 	n, st := e.ps.HandleRequest(in, out)
 	if isInit && st.Ok() {
-		e.recordInit(in, out, n)
+		if req := e.recordInit(in, out, n); req != nil && e.onInit != nil {
+			e.onInit(req)
+		}
 	}
 	return n, st
 }
 
 // recordInit keeps the INIT request and tells the file system the flags
 // the reply carried.
-func (e *Engine) recordInit(in, out [][]byte, n int) {
+func (e *Engine) recordInit(in, out [][]byte, n int) []byte {
 	var req []byte
 	for _, b := range in {
 		req = append(req, b...)
@@ -92,10 +98,10 @@ func (e *Engine) recordInit(in, out [][]byte, n int) {
 		}
 	}
 	if n < outHeaderSize+36 || len(reply) < outHeaderSize+36 {
-		return
+		return nil
 	}
 	if int32(binary.LittleEndian.Uint32(reply[4:])) != 0 {
-		return // INIT refused
+		return nil // INIT refused
 	}
 	init := reply[outHeaderSize:]
 	flags := uint64(binary.LittleEndian.Uint32(init[12:]))
@@ -104,6 +110,7 @@ func (e *Engine) recordInit(in, out [][]byte, n int) {
 	e.initReq = req
 	e.mu.Unlock()
 	e.fs.Negotiated(flags)
+	return req
 }
 
 // InitRequest returns the INIT request this connection was set up with, or
@@ -119,6 +126,12 @@ func (e *Engine) InitRequest() []byte {
 // discarded: the kernel already has one.
 func (e *Engine) ReplayInit(req []byte) fuse.Status {
 	out := make([]byte, 4096)
+	onInit := e.onInit
+	e.onInit = nil
 	_, st := e.HandleRequest([][]byte{req}, [][]byte{out})
+	e.onInit = onInit
+	if st.Ok() && int32(binary.LittleEndian.Uint32(out[4:])) != 0 {
+		st = fuse.Status(-int32(binary.LittleEndian.Uint32(out[4:])))
+	}
 	return st
 }

@@ -15,6 +15,8 @@ type Mount struct {
 	Dev   uint64
 	// Root is true for the shared directory's own mount.
 	Root bool
+	// fd is an O_PATH fd on the mount, for open_by_handle_at; -1 if none.
+	fd int
 }
 
 // mounts maps the kernel's mount ids to persistent mount indexes.
@@ -47,9 +49,63 @@ func (t *Table) mountFor(st *unix.Statx_t, fd int) (*Mount, error) {
 	if m, ok := t.mounts.byID[st.Mnt_id]; ok {
 		return m, nil
 	}
-	m = &Mount{Index: idx, MntID: st.Mnt_id, Dev: dev, Root: len(t.mounts.byID) == 0}
+	// open_by_handle_at refuses O_PATH mount fds, so keep a real (read
+	// only, directory) open of the mount's root. A bind-mounted file gets
+	// none, and its files are found by path.
+	mfd := -1
+	if st.Mode&unix.S_IFMT == unix.S_IFDIR {
+		if d, err := unix.Open(fmt.Sprintf("/proc/self/fd/%d", fd), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC|unix.O_NONBLOCK, 0); err == nil {
+			mfd = d
+		}
+	}
+	m = &Mount{Index: idx, MntID: st.Mnt_id, Dev: dev, Root: len(t.mounts.byID) == 0, fd: mfd}
 	t.mounts.byID[st.Mnt_id] = m
 	return m, nil
+}
+
+// mountByIndex returns the mount with persistent index idx. A mount recorded
+// by an earlier process is found again by its recorded path, opened beneath
+// the shared directory without following symlinks, and accepted only if its
+// device matches. nil if it cannot be found.
+func (t *Table) mountByIndex(idx uint32) *Mount {
+	t.mounts.mu.Lock()
+	for _, m := range t.mounts.byID {
+		if m.Index == idx {
+			t.mounts.mu.Unlock()
+			return m
+		}
+	}
+	t.mounts.mu.Unlock()
+	recs, err := t.store.Mounts()
+	if err != nil {
+		return nil
+	}
+	for _, r := range recs {
+		if r.Index != idx {
+			continue
+		}
+		how := unix.OpenHow{Flags: unix.O_PATH | unix.O_CLOEXEC, Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS}
+		path := r.Path
+		if path == "" {
+			path = "."
+		}
+		fd, err := unix.Openat2(t.root.fd, path, &how)
+		if err != nil {
+			return nil
+		}
+		var st unix.Statx_t
+		if err := Statx(fd, &st); err != nil || unix.Mkdev(st.Dev_major, st.Dev_minor) != r.Dev {
+			unix.Close(fd)
+			return nil
+		}
+		m, err := t.mountFor(&st, fd)
+		unix.Close(fd)
+		if err != nil || m.Index != idx {
+			return nil
+		}
+		return m
+	}
+	return nil
 }
 
 // relPath returns fd's path relative to the shared directory, for the mount

@@ -38,7 +38,9 @@ import (
 type Options struct {
 	// MaxOpenFDs bounds the node fds kept open (--max-open-fds).
 	MaxOpenFDs int
-	Logger     *slog.Logger
+	// Handles says whether nodes are re-found by host file handle.
+	Handles HandleMode
+	Logger  *slog.Logger
 }
 
 // Table is the node identity table. It is safe for concurrent use.
@@ -50,6 +52,9 @@ type Table struct {
 	root     *Node
 
 	mounts mounts
+
+	closeOnce sync.Once
+	closeErr  error
 
 	keyLocks [64]sync.Mutex
 	seed     maphash.Seed
@@ -113,7 +118,7 @@ func New(rootPath string, store Store, opts Options) (*Table, error) {
 		return nil, fmt.Errorf("read root record: %w", err)
 	case rec.Mount != m.Index || rec.Ino != st.Ino:
 		unix.Close(fd)
-		return nil, fmt.Errorf("node state belongs to another directory (root inode %d, shared directory has %d)", rec.Ino, st.Ino)
+		return nil, fmt.Errorf("%w: its root is inode %d on mount %d, the shared directory is inode %d on mount %d", ErrForeignState, rec.Ino, rec.Mount, st.Ino, m.Index)
 	}
 	t.root = &Node{ID: RootID, Type: unix.S_IFDIR, Mount: m, Ino: st.Ino, fd: fd, pinned: true}
 	t.root.refs.Store(1)
@@ -131,8 +136,13 @@ func (t *Table) Root() *Node {
 	return t.root
 }
 
-// Close releases the cached fds and the store.
+// Close releases the cached fds and the store. Later calls do nothing.
 func (t *Table) Close() error {
+	t.closeOnce.Do(func() { t.closeErr = t.close() })
+	return t.closeErr
+}
+
+func (t *Table) close() error {
 	t.mu.Lock()
 	for _, n := range t.ring {
 		n.Release()
@@ -140,6 +150,14 @@ func (t *Table) Close() error {
 	t.ring, t.byID, t.byKey = nil, map[NodeID]*Node{}, map[inoKey]*Node{}
 	t.mu.Unlock()
 	t.root.Release()
+	t.mounts.mu.Lock()
+	for _, m := range t.mounts.byID {
+		if m.fd >= 0 {
+			unix.Close(m.fd)
+			m.fd = -1
+		}
+	}
+	t.mounts.mu.Unlock()
 	return t.store.Close()
 }
 
@@ -183,14 +201,14 @@ func (t *Table) get(id NodeID, depth int) (*Node, error) {
 	if rec.Parent == 0 || rec.Parent == id {
 		return nil, fmt.Errorf("nodeid %d: record has no parent: %w", id, unix.ESTALE)
 	}
-	parent, err := t.get(rec.Parent, depth+1)
+	fd, ok, err := t.openByHandle(rec, t.mountByIndex(rec.Mount), depth)
 	if err != nil {
 		return nil, err
 	}
-	defer parent.Release()
-	fd, err := openChild(parent.fd, rec.Name)
-	if err != nil {
-		return nil, fmt.Errorf("nodeid %d: reopen %q in nodeid %d: %w", id, rec.Name, rec.Parent, staleIfGone(err))
+	if !ok {
+		if fd, err = t.openByPath(rec, depth); err != nil {
+			return nil, err
+		}
 	}
 	var st unix.Statx_t
 	if err := Statx(fd, &st); err != nil {
@@ -207,6 +225,21 @@ func (t *Table) get(id NodeID, depth int) (*Node, error) {
 		return nil, fmt.Errorf("nodeid %d: %q in nodeid %d is another file now: %w", id, rec.Name, rec.Parent, unix.ESTALE)
 	}
 	return t.insertCache(&Node{ID: id, Type: rec.Type, Mount: m, Ino: rec.Ino, fd: fd}), nil
+}
+
+// openByPath re-finds a node's file by walking its stored parent chain
+// (each step an O_PATH|O_NOFOLLOW openat relative to the parent's fd).
+func (t *Table) openByPath(rec Record, depth int) (int, error) {
+	parent, err := t.get(rec.Parent, depth+1)
+	if err != nil {
+		return -1, err
+	}
+	defer parent.Release()
+	fd, err := openChild(parent.fd, rec.Name)
+	if err != nil {
+		return -1, fmt.Errorf("nodeid %d: reopen %q in nodeid %d: %w", rec.ID, rec.Name, rec.Parent, staleIfGone(err))
+	}
+	return fd, nil
 }
 
 func staleIfGone(err error) error {
@@ -307,7 +340,7 @@ func (t *Table) Register(parent *Node, name string, fd int, st *unix.Statx_t) (*
 
 	rec, err := t.store.ByIno(m.Index, st.Ino)
 	switch {
-	case err == nil && rec.Type == typ:
+	case err == nil && rec.Type == typ && !t.handleChanged(rec, fd):
 		if rec.Parent != parent.ID || rec.Name != name {
 			// Renamed on the host, or another hard link: remember the
 			// name we can reach it by now.
@@ -317,14 +350,19 @@ func (t *Table) Register(parent *Node, name string, fd int, st *unix.Statx_t) (*
 			}
 		}
 	case err == nil:
-		// The inode number was reused by a file of another type: the
-		// old nodeid's file is gone. Give the new file a new nodeid.
+		// The inode number was reused by another file (another type, or
+		// another handle generation): the old nodeid's file is gone.
+		// Give the new file a new nodeid.
 		if err := t.store.Delete(rec.ID); err != nil {
 			t.log.Warn("could not delete stale node", "nodeid", rec.ID, "err", err)
 		}
 		fallthrough
 	case errors.Is(err, ErrNotFound) || errors.Is(err, ErrTampered):
 		rec = Record{Mount: m.Index, Ino: st.Ino, Type: typ, Parent: parent.ID, Name: name}
+		if rec.HandleType, rec.Handle, err = t.handleOf(fd); err != nil {
+			unix.Close(fd)
+			return nil, err
+		}
 		if rec.ID, err = t.store.Insert(rec); err != nil {
 			unix.Close(fd)
 			return nil, fmt.Errorf("record %q: %w", name, err)
@@ -334,6 +372,19 @@ func (t *Table) Register(parent *Node, name string, fd int, st *unix.Statx_t) (*
 		return nil, fmt.Errorf("find %q: %w", name, err)
 	}
 	return t.insertCache(&Node{ID: rec.ID, Type: typ, Mount: m, Ino: st.Ino, fd: fd}), nil
+}
+
+// handleChanged reports whether fd's host handle differs from the one
+// recorded: the inode number was reused for a new file.
+func (t *Table) handleChanged(rec Record, fd int) bool {
+	if t.opts.Handles == HandlesNever || len(rec.Handle) == 0 {
+		return false
+	}
+	typ, h, err := t.handleOf(fd)
+	if err != nil || h == nil {
+		return false
+	}
+	return typ != rec.HandleType || string(h) != string(rec.Handle)
 }
 
 // cached returns the cached node for id, referenced, or nil.
