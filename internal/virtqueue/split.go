@@ -66,6 +66,7 @@ type Queue struct {
 	size     uint16
 	mask     uint16
 	features Features
+	layout   Layout
 
 	// Ring views into guest memory; the slices never change after
 	// NewQueue. mem holds a reference that keeps them mapped.
@@ -101,23 +102,52 @@ func NewQueue(mem *Memory, l Layout, f Features, lastAvail uint16) (*Queue, erro
 	if err := l.Validate(); err != nil {
 		return nil, err
 	}
+	q := &Queue{size: l.Size, mask: l.Size - 1, features: f, layout: l, lastAvail: lastAvail}
+	if err := q.mapRings(mem); err != nil {
+		return nil, err
+	}
+	w := atomic.LoadUint32(q.usedWord)
+	q.usedFlags, q.usedIdx = uint16(w), uint16(w>>16)
+	return q, nil
+}
+
+// Remap moves the ring views to a new memory table (after the front-end
+// changed it), keeping all indices. On error the queue keeps its old
+// views, which stay valid: they hold a reference on the old table.
+func (q *Queue) Remap(mem *Memory) error {
+	old := q.mem
+	if err := q.mapRings(mem); err != nil {
+		return err
+	}
+	old.Release()
+	return nil
+}
+
+// Memory returns the table the ring views live in; the caller must
+// Acquire it to use it beyond the lock that serialises the Queue.
+func (q *Queue) Memory() *Memory { return q.mem }
+
+func (q *Queue) mapRings(mem *Memory) error {
+	l := q.layout
 	desc, err := mem.UserSlice(l.DescUser, DescTableBytes(l.Size))
 	if err != nil {
-		return nil, fmt.Errorf("descriptor table: %w", err)
+		return fmt.Errorf("descriptor table: %w", err)
 	}
 	avail, err := mem.UserSlice(l.AvailUser, AvailRingBytes(l.Size))
 	if err != nil {
-		return nil, fmt.Errorf("available ring: %w", err)
+		return fmt.Errorf("available ring: %w", err)
 	}
 	used, err := mem.UserSlice(l.UsedUser, UsedRingBytes(l.Size))
 	if err != nil {
-		return nil, fmt.Errorf("used ring: %w", err)
+		return fmt.Errorf("used ring: %w", err)
 	}
-	q := &Queue{
-		size: l.Size, mask: l.Size - 1, features: f,
-		mem: mem.Acquire(), desc: desc, avail: avail, used: used,
-		lastAvail: lastAvail,
+	// The host mapping must keep the guest's alignment for the atomic
+	// accesses below; it does unless the front-end passed an mmap offset
+	// and user address that disagree modulo 4.
+	if uintptr(unsafe.Pointer(&used[0]))%4 != 0 || uintptr(unsafe.Pointer(&avail[0]))%2 != 0 {
+		return errors.New("ring misaligned in the host mapping")
 	}
+	q.mem, q.desc, q.avail, q.used = mem.Acquire(), desc, avail, used
 	// avail->idx sits at byte 2. If the ring is 4-aligned its word is
 	// bytes [0,4) (flags|idx<<16); otherwise idx starts a word, bytes
 	// [2,6), which still lies inside the ring (it has at least one slot).
@@ -127,9 +157,7 @@ func NewQueue(mem *Memory, l Layout, f Features, lastAvail uint16) (*Queue, erro
 		q.availIdxWord, q.availIdxShift = (*uint32)(unsafe.Pointer(&avail[2])), 0
 	}
 	q.usedWord = (*uint32)(unsafe.Pointer(&used[0]))
-	w := atomic.LoadUint32(q.usedWord)
-	q.usedFlags, q.usedIdx = uint16(w), uint16(w>>16)
-	return q, nil
+	return nil
 }
 
 // Close releases the ring's memory reference. The Queue must not be used
@@ -228,7 +256,7 @@ func (q *Queue) NeedNotify() bool {
 // draining the ring. With EVENT_IDX there is nothing to do: the driver only
 // kicks when avail->idx passes avail_event, which is left behind.
 func (q *Queue) DisableNotification() {
-	if q.features.EventIdx {
+	if q.features.EventIdx || q.usedFlags&UsedFNoNotify != 0 {
 		return
 	}
 	q.usedFlags |= UsedFNoNotify

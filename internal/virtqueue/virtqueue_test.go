@@ -96,8 +96,8 @@ func TestRoundTripAcrossRegions(t *testing.T) {
 	tm := newTestMem(t)
 	d, q := tm.pair(t, 16, Features{})
 	copy(tm.guest(gpa0+0x8000, 5), "hello")
-	tm.put(gpa1-3, "world!") // crosses into region 1
-	outAddr := uint64(gpa1 - 4)         // writable buffer crossing regions
+	tm.put(gpa1-3, "world!")    // crosses into region 1
+	outAddr := uint64(gpa1 - 4) // writable buffer crossing regions
 	head, err := d.Add([]Buf{{Addr: gpa0 + 0x8000, Len: 5}, {Addr: gpa1 - 3, Len: 6}, {Addr: outAddr, Len: 10, Write: true}})
 	if err != nil {
 		t.Fatal(err)

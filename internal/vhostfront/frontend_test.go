@@ -1,0 +1,400 @@
+package vhostfront
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/govirtiofsd/govirtiofsd/internal/vhostuser"
+	"github.com/govirtiofsd/govirtiofsd/internal/vhostuser/wire"
+	"github.com/govirtiofsd/govirtiofsd/internal/virtqueue"
+	"github.com/hanwen/go-fuse/v2/fuse"
+)
+
+// echo is a fake Handler: the reply is the request, reversed.
+type echo struct {
+	calls atomic.Int64
+	block chan struct{} // if set, every request waits on it
+	began chan struct{} // if set, receives one value per started request
+}
+
+func (e *echo) HandleRequest(in, out [][]byte) (int, fuse.Status) {
+	e.calls.Add(1)
+	if e.began != nil {
+		e.began <- struct{}{}
+	}
+	if e.block != nil {
+		<-e.block
+	}
+	req := bytes.Join(in, nil)
+	for i, j := 0, len(req)-1; i < j; i, j = i+1, j-1 {
+		req[i], req[j] = req[j], req[i]
+	}
+	n := 0
+	for _, b := range out {
+		n += copy(b, req[n:])
+	}
+	return n, fuse.OK
+}
+
+func testLogger(t testing.TB) *slog.Logger {
+	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+}
+
+type testWriter struct{ t testing.TB }
+
+func (w testWriter) Write(b []byte) (int, error) { w.t.Log(string(bytes.TrimSpace(b))); return len(b), nil }
+
+// backend runs vhostuser.Serve on a temp socket until the test ends.
+type backend struct {
+	path string
+	done chan error
+}
+
+func startBackend(t testing.TB, cfg vhostuser.Config) *backend {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "vhost.sock")
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = testLogger(t)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	b := &backend{path: path, done: make(chan error, 1)}
+	go func() { b.done <- vhostuser.Serve(ctx, ln, cfg) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-b.done:
+			if err != nil {
+				t.Errorf("Serve: %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Error("Serve did not return after cancel")
+		}
+		ln.Close()
+	})
+	return b
+}
+
+func dial(t testing.TB, b *backend, opts Options) *Frontend {
+	t.Helper()
+	if opts.Logger == nil {
+		opts.Logger = testLogger(t)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	f, err := Dial(ctx, b.path, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return f
+}
+
+// checkLeaks fails if goroutines are left behind once the test's cleanups
+// (which stop the back-end) ran.
+func checkLeaks(t *testing.T) {
+	before := runtime.NumGoroutine()
+	t.Cleanup(func() {
+		deadline := time.Now().Add(5 * time.Second)
+		for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if n := runtime.NumGoroutine(); n > before {
+			buf := make([]byte, 1<<16)
+			t.Errorf("%d goroutines leaked:\n%s", n-before, buf[:runtime.Stack(buf, true)])
+		}
+	})
+}
+
+func TestEchoConfigurations(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		pool int
+		opts Options
+	}{
+		{"inline", 0, Options{}},
+		{"pool", 4, Options{}},
+		{"pool-noeventidx", 3, Options{DisableEventIdx: true}},
+		{"indirect", 2, Options{UseIndirect: true}},
+		{"add-mem-reg", 0, Options{UseAddMemReg: true, QueueSize: 16}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			checkLeaks(t)
+			e := &echo{}
+			b := startBackend(t, vhostuser.Config{
+				NewHandler:       func() vhostuser.Handler { return e },
+				NumRequestQueues: 2, ThreadPoolSize: tc.pool,
+			})
+			f := dial(t, b, tc.opts)
+			if f.NumQueues() != 3 {
+				t.Fatalf("NumQueues = %d, want 3", f.NumQueues())
+			}
+			const workers, each = 16, 25
+			var wg sync.WaitGroup
+			errs := make(chan error, workers)
+			for w := range workers {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for i := range each {
+						msg := fmt.Sprintf("w%d-i%d-%s", w, i, bytes.Repeat([]byte{'x'}, i*37))
+						q := 1 + (w+i)%2
+						out, err := f.Do(q, [][]byte{[]byte(msg[:3]), []byte(msg[3:])}, len(msg)+10)
+						if err != nil {
+							errs <- err
+							return
+						}
+						want := []byte(msg)
+						for a, z := 0, len(want)-1; a < z; a, z = a+1, z-1 {
+							want[a], want[z] = want[z], want[a]
+						}
+						if !bytes.Equal(out, want) {
+							errs <- fmt.Errorf("queue %d: got %q, want %q", q, out, want)
+							return
+						}
+					}
+				}()
+			}
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				t.Error(err)
+			}
+			if got := e.calls.Load(); got != workers*each {
+				t.Errorf("handler saw %d requests, want %d", got, workers*each)
+			}
+		})
+	}
+}
+
+func newProtocolServer(t testing.TB) vhostuser.Handler {
+	opts := &fuse.MountOptions{Logger: log.New(io.Discard, "", 0)}
+	return fuse.NewProtocolServer(fuse.NewDefaultRawFileSystem(), opts)
+}
+
+func TestProtocolServerRoundTrips(t *testing.T) {
+	checkLeaks(t)
+	b := startBackend(t, vhostuser.Config{
+		NewHandler:       func() vhostuser.Handler { return newProtocolServer(t) },
+		NumRequestQueues: 1, ThreadPoolSize: 2, Tag: "myfs",
+	})
+	f := dial(t, b, Options{})
+	feat, proto := f.Features()
+	if feat&wire.FeatureVersion1 == 0 || proto&wire.ProtocolReplyAck == 0 {
+		t.Errorf("features %#x protocol %#x", feat, proto)
+	}
+	initOut, st, err := f.Init(0)
+	if err != nil || !st.Ok() {
+		t.Fatalf("INIT: %v %v", st, err)
+	}
+	if initOut.Major != 7 || initOut.Minor < 12 || initOut.MaxWrite == 0 {
+		t.Errorf("INIT reply %+v", initOut)
+	}
+	// DefaultRawFileSystem answers ENOSYS to everything.
+	for i := 0; i < 3; i++ {
+		if _, st, err := f.GetAttr(1); err != nil || st != fuse.ENOSYS {
+			t.Errorf("GETATTR = %v, %v; want ENOSYS", st, err)
+		}
+	}
+	if _, st, err := f.Lookup(1, "x"); err != nil || st != fuse.ENOSYS {
+		t.Errorf("LOOKUP = %v, %v; want ENOSYS", st, err)
+	}
+	if err := f.Forget(1, 1); err != nil {
+		t.Errorf("FORGET: %v", err)
+	}
+	// A truncated request gets no reply bytes, and the queue goes on.
+	if out, err := f.Do(RequestQueue, [][]byte{[]byte("short")}, 64); err != nil || len(out) != 0 {
+		t.Errorf("short request: %q %v", out, err)
+	}
+	// A request whose reply buffer is too small gets a FUSE error.
+	r, err := f.FUSE(RequestQueue, OpGetattr, 1, make([]byte, 16), nil, 0)
+	if err != nil || r.Status() != fuse.EIO {
+		t.Errorf("GETATTR without room: %+v %v; want EIO", r, err)
+	}
+	if _, st, _ := f.GetAttr(1); st != fuse.ENOSYS {
+		t.Errorf("GETATTR after errors = %v", st)
+	}
+	cfg, err := f.GetConfig(0, wire.FSConfigSize)
+	if err != nil || string(bytes.TrimRight(cfg[:36], "\x00")) != "myfs" || cfg[36] != 1 {
+		t.Errorf("GET_CONFIG = %q %v", cfg, err)
+	}
+}
+
+func TestDisconnectMidRequest(t *testing.T) {
+	checkLeaks(t)
+	e := &echo{block: make(chan struct{}), began: make(chan struct{}, 10)}
+	conns := atomic.Int64{}
+	b := startBackend(t, vhostuser.Config{
+		NewHandler: func() vhostuser.Handler {
+			if conns.Add(1) == 1 {
+				return e
+			}
+			return newProtocolServer(t)
+		},
+		ThreadPoolSize: 1,
+	})
+	f1 := dial(t, b, Options{})
+	ctx, cancel := context.WithCancel(context.Background())
+	res := make(chan error, 1)
+	go func() {
+		_, err := f1.DoContext(ctx, RequestQueue, [][]byte{[]byte("hang")}, 16)
+		res <- err
+	}()
+	<-e.began // the back-end is inside the handler
+	f1.Close()
+	cancel()
+	if err := <-res; err == nil {
+		t.Error("request on a closed front-end succeeded")
+	}
+	close(e.block) // the handler returns into memory the front-end dropped
+
+	f2 := dial(t, b, Options{})
+	if _, st, err := f2.Init(0); err != nil || !st.Ok() {
+		t.Fatalf("INIT on the second connection: %v %v", st, err)
+	}
+	if _, st, err := f2.GetAttr(1); err != nil || st != fuse.ENOSYS {
+		t.Errorf("GETATTR on the second connection: %v %v", st, err)
+	}
+}
+
+func TestExitOnDisconnect(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "s")
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	done := make(chan error, 1)
+	go func() {
+		done <- vhostuser.Serve(context.Background(), ln, vhostuser.Config{
+			NewHandler: func() vhostuser.Handler { return &echo{} }, ExitOnDisconnect: true, Logger: testLogger(t),
+		})
+	}()
+	f := dial(t, &backend{path: path}, Options{})
+	if _, err := f.Do(1, [][]byte{[]byte("ab")}, 2); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Serve = %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Serve still running after the disconnect")
+	}
+}
+
+func TestMalformedMessages(t *testing.T) {
+	checkLeaks(t)
+	b := startBackend(t, vhostuser.Config{NewHandler: func() vhostuser.Handler { return &echo{} }})
+	f := dial(t, b, Options{})
+	ack := func(req wire.Request, payload []byte, fds []int) error { return f.Send(req, payload, fds) }
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	for _, tc := range []struct {
+		name    string
+		req     wire.Request
+		payload []byte
+		fds     []int
+	}{
+		{"SET_FEATURES short", wire.ReqSetFeatures, []byte{1, 2, 3}, nil},
+		{"SET_FEATURES unknown bit", wire.ReqSetFeatures, wire.EncodeU64(1 << 60), nil},
+		{"unknown request", 99, nil, nil},
+		{"vring index", wire.ReqSetVringNum, wire.EncodeVringState(7, 64), nil},
+		{"vring num not pow2", wire.ReqSetVringNum, wire.EncodeVringState(1, 100), nil},
+		{"num on started ring", wire.ReqSetVringNum, wire.EncodeVringState(1, 64), nil},
+		{"mem table fd count", wire.ReqSetMemTable, wire.EncodeMemTable([]virtqueue.RegionLayout{{Size: 4096}, {GuestPhysAddr: 1 << 20, Size: 4096}}), []int{int(r.Fd())}},
+		{"mem table unmappable fd", wire.ReqSetMemTable, wire.EncodeMemTable([]virtqueue.RegionLayout{{Size: 4096}}), []int{int(r.Fd())}},
+		{"kick without fd flag", wire.ReqSetVringKick, wire.EncodeU64(1 | wire.VringNoFDFlag), nil},
+		{"kick fd mismatch", wire.ReqSetVringKick, wire.EncodeU64(1), nil},
+		{"call reserved bits", wire.ReqSetVringCall, wire.EncodeU64(1 << 20), nil},
+		{"SET_CONFIG", wire.ReqSetConfig, wire.EncodeConfig(0, []byte{1}), nil},
+		{"SET_LOG_FD", wire.ReqSetLogFD, nil, []int{int(w.Fd())}},
+		{"REM_MEM_REG unknown", wire.ReqRemMemReg, wire.EncodeMemReg(virtqueue.RegionLayout{GuestPhysAddr: 5, Size: 5}), nil},
+		{"ENABLE 2", wire.ReqSetVringEnable, wire.EncodeVringState(1, 2), nil},
+	} {
+		if err := ack(tc.req, tc.payload, tc.fds); err == nil {
+			t.Errorf("%s: accepted", tc.name)
+		}
+	}
+	// Requests with replies still reply.
+	if p, err := f.Call(wire.ReqGetVringBase, wire.EncodeVringState(200, 0)); err != nil || len(p) != 8 {
+		t.Errorf("GET_VRING_BASE bad index: %v %v", p, err)
+	}
+	if p, err := f.Call(wire.ReqGetConfig, wire.EncodeConfig(30, make([]byte, 20))); err != nil || len(p) != wire.SizeConfigHdr {
+		t.Errorf("GET_CONFIG out of range: %v %v", p, err)
+	}
+	// The device still works.
+	if out, err := f.Do(1, [][]byte{[]byte("ok")}, 2); err != nil || string(out) != "ko" {
+		t.Errorf("after malformed messages: %q %v", out, err)
+	}
+}
+
+// TestBadChains has the guest hand the device chains that point outside
+// guest memory: each comes back empty and the queue keeps working.
+func TestBadChains(t *testing.T) {
+	checkLeaks(t)
+	e := &echo{}
+	b := startBackend(t, vhostuser.Config{NewHandler: func() vhostuser.Handler { return e }, ThreadPoolSize: 1})
+	f := dial(t, b, Options{})
+	q := f.queues[1]
+	for _, bufs := range [][]virtqueue.Buf{
+		{{Addr: 0x1000, Len: 8}},
+		{{Addr: guestBase + uint64(len(f.mem)) - 4, Len: 8}},
+		{{Addr: guestBase, Len: 8, Write: true}, {Addr: guestBase, Len: 8}},
+	} {
+		out, err := f.submit(context.Background(), q, bufs, nil, span{}, span{}, 0)
+		if err != nil || len(out) != 0 {
+			t.Errorf("bad chain %+v: %q %v", bufs, out, err)
+		}
+	}
+	if e.calls.Load() != 0 {
+		t.Errorf("handler saw %d bad chains", e.calls.Load())
+	}
+	if out, err := f.Do(1, [][]byte{[]byte("ok")}, 2); err != nil || string(out) != "ko" {
+		t.Errorf("after bad chains: %q %v", out, err)
+	}
+}
+
+// TestStopQueueReportsIndex checks GET_VRING_BASE after requests: the ring
+// stops at the number of requests the driver made available.
+func TestStopQueueReportsIndex(t *testing.T) {
+	checkLeaks(t)
+	b := startBackend(t, vhostuser.Config{NewHandler: func() vhostuser.Handler { return &echo{} }, ThreadPoolSize: 2})
+	f := dial(t, b, Options{})
+	for i := 0; i < 5; i++ {
+		if _, err := f.Do(1, [][]byte{[]byte("x")}, 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	base, err := f.StopQueue(1)
+	if err != nil || base != 5 {
+		t.Errorf("GET_VRING_BASE = %d %v, want 5", base, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if _, err := f.DoContext(ctx, 1, [][]byte{[]byte("x")}, 1); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("request on a stopped ring: %v", err)
+	}
+}

@@ -1,0 +1,188 @@
+// Package vhostuser is a vhost-user-fs back-end: it serves virtio-fs
+// request queues for a VMM (QEMU's vhost-user-fs-pci) and hands each FUSE
+// request to a [Handler], normally go-fuse's *fuse.ProtocolServer.
+//
+// # Guarantees
+//
+//   - Every message is validated (size, number of fds, device state) before
+//     it is acted on; a malformed message gets an error reply (REPLY_ACK) or
+//     a logged refusal, and the daemon keeps serving. Only a message that
+//     leaves the stream out of sync (bad version, oversized payload) drops
+//     the connection. A panic while serving a connection is recovered,
+//     logged, and ends only that connection.
+//   - Descriptor chains are validated by package virtqueue before the
+//     Handler sees them; replies are written straight into guest buffers.
+//     A request the Handler cannot parse gets a FUSE error reply (EIO) when
+//     the chain has room for one.
+//   - Guest memory stays mapped while any request still uses it, across
+//     SET_MEM_TABLE, ADD_MEM_REG and REM_MEM_REG.
+//   - GET_VRING_BASE stops the ring and waits for its in-flight requests,
+//     so the index it reports covers every request answered.
+//   - Serve keeps listening after a front-end disconnects (VM reboot, QEMU
+//     restart) unless Config.ExitOnDisconnect; each connection gets a fresh
+//     Handler and fresh device state.
+//
+// # Concurrency
+//
+// One goroutine per connection reads and dispatches front-end messages and
+// is the only writer of the device configuration (fields of device and the
+// configuration fields of vring). Each started ring has one goroutine that
+// waits on its kick eventfd and pops chains, and ThreadPoolSize worker
+// goroutines (or none: inline) that run the Handler and complete requests.
+//
+// Lock order: device.ctlMu, then device.mu, then vring.mu. device.ctlMu
+// serialises message dispatch with Connection.Snapshot. device.mu guards the memory table
+// pointer that queue goroutines read when they start; vring.mu guards the
+// ring (virtqueue.Queue) and the call eventfd, shared by the ring goroutine
+// and the workers.
+//
+// # Restart seam
+//
+// [ConnectionState] describes everything a successor process needs besides
+// the fds themselves; see state.go.
+package vhostuser
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/fuse"
+)
+
+// Handler serves one FUSE request. in is the device-readable part of the
+// descriptor chain, out the device-writable part (straight into guest
+// memory); it returns the number of bytes written into out.
+// *fuse.ProtocolServer satisfies it. HandleRequest is called concurrently.
+type Handler interface {
+	HandleRequest(in, out [][]byte) (int, fuse.Status)
+}
+
+var _ Handler = (*fuse.ProtocolServer)(nil)
+
+// Config configures Serve.
+type Config struct {
+	// NewHandler is called once per front-end connection (each connection
+	// negotiates INIT afresh); the filesystem behind it is shared.
+	NewHandler func() Handler
+	// NumRequestQueues is the number of request queues offered (queue 0
+	// is hiprio, 1..N are request queues); default 1.
+	NumRequestQueues int
+	// ThreadPoolSize is the number of concurrent request workers per
+	// queue; 0 serves requests inline on the queue goroutine.
+	ThreadPoolSize int
+	// ExitOnDisconnect makes Serve return after the first connection.
+	ExitOnDisconnect bool
+	// Tag is the virtio-fs tag reported in the config space (GET_CONFIG);
+	// at most 36 bytes. QEMU's vhost-user-fs-pci takes the tag from its
+	// own command line instead.
+	Tag string
+	// MaxMemSlots is reported by GET_MAX_MEM_SLOTS; default 32.
+	MaxMemSlots int
+	// DeviceState, if set, enables VHOST_USER_PROTOCOL_F_DEVICE_STATE.
+	DeviceState DeviceStateHandler
+	// OnConnect, if set, is called with each new connection before its
+	// first message is read (the restart seam: Connection.Snapshot).
+	OnConnect func(*Connection)
+	Logger    *slog.Logger
+}
+
+// DeviceStateHandler supplies and consumes the opaque device state that
+// travels with a migration (SET_DEVICE_STATE_FD / CHECK_DEVICE_STATE).
+type DeviceStateHandler interface {
+	// SaveState returns the state of the connection's filesystem.
+	SaveState() ([]byte, error)
+	// LoadState restores a state SaveState produced.
+	LoadState([]byte) error
+}
+
+const maxRequestQueues = 255 // vring indices are 8 bits in kick/call messages
+
+func (c *Config) normalize() (Config, error) {
+	n := *c
+	if n.NewHandler == nil {
+		return n, errors.New("vhostuser: Config.NewHandler is nil")
+	}
+	if n.NumRequestQueues == 0 {
+		n.NumRequestQueues = 1
+	}
+	if n.NumRequestQueues < 0 || n.NumRequestQueues > maxRequestQueues-1 {
+		return n, fmt.Errorf("vhostuser: NumRequestQueues %d out of range", n.NumRequestQueues)
+	}
+	if n.ThreadPoolSize < 0 {
+		return n, fmt.Errorf("vhostuser: ThreadPoolSize %d is negative", n.ThreadPoolSize)
+	}
+	if len(n.Tag) > 36 {
+		return n, fmt.Errorf("vhostuser: tag %q longer than 36 bytes", n.Tag)
+	}
+	if n.MaxMemSlots <= 0 {
+		n.MaxMemSlots = 32
+	}
+	if n.Logger == nil {
+		n.Logger = slog.Default()
+	}
+	return n, nil
+}
+
+// Serve accepts front-end connections on ln one after another and serves
+// each until it disconnects; it keeps listening after a disconnect (VM
+// reboot, QEMU restart) unless ExitOnDisconnect. It returns when ctx is
+// cancelled (nil error) or ln fails. ln is not closed.
+func Serve(ctx context.Context, ln *net.UnixListener, cfg Config) error {
+	c, err := cfg.normalize()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer wg.Wait() // after cancel (defers run last first)
+	defer cancel()
+	// Accept blocks; a cancelled ctx unblocks it through a deadline.
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		<-ctx.Done()
+		_ = ln.SetDeadline(aLongTimeAgo())
+	}()
+	for {
+		conn, err := ln.AcceptUnix()
+		if err != nil {
+			if ctx.Err() != nil {
+				_ = ln.SetDeadline(time.Time{})
+				return nil
+			}
+			return fmt.Errorf("vhostuser: accept: %w", err)
+		}
+		c.Logger.Info("vhost-user front-end connected")
+		err = ServeConn(ctx, conn, c)
+		switch {
+		case ctx.Err() != nil:
+			_ = ln.SetDeadline(time.Time{})
+			return nil
+		case err != nil:
+			c.Logger.Warn("vhost-user connection ended", "err", err)
+		default:
+			c.Logger.Info("vhost-user front-end disconnected")
+		}
+		if c.ExitOnDisconnect {
+			return nil
+		}
+	}
+}
+
+// ServeConn serves one front-end connection (for a socket passed with
+// --fd, or a socketpair) until it disconnects or ctx is cancelled. It
+// closes conn. A clean disconnect returns nil.
+func ServeConn(ctx context.Context, conn *net.UnixConn, cfg Config) (err error) {
+	c, err := cfg.normalize()
+	if err != nil {
+		conn.Close()
+		return err
+	}
+	d := newDevice(&c, conn)
+	return d.serve(ctx)
+}

@@ -1,0 +1,433 @@
+package vhostuser
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/govirtiofsd/govirtiofsd/internal/vhostuser/wire"
+	"github.com/govirtiofsd/govirtiofsd/internal/virtqueue"
+	"github.com/hanwen/go-fuse/v2/fuse"
+)
+
+// vring is one virtqueue of a connection.
+//
+// Life cycle: configured by SET_VRING_NUM/ADDR/BASE, started by
+// SET_VRING_KICK, stopped by GET_VRING_BASE (or a reset). Requests are
+// taken only while it is started and enabled (SET_VRING_ENABLE; rings
+// start enabled when VHOST_USER_F_PROTOCOL_FEATURES was not negotiated).
+type vring struct {
+	d     *device
+	index int
+	log   *slog.Logger
+
+	// Configuration, touched only by the connection goroutine.
+	num     uint16
+	addr    wire.VringAddr
+	addrSet bool
+	base    uint16 // next avail index, valid while stopped
+	kick    *os.File
+	errFD   *os.File
+	running *runner // nil while stopped
+
+	enabled atomic.Bool
+
+	mu sync.Mutex
+	// q is the ring while started, else nil.
+	q *virtqueue.Queue // +checklocks:mu
+	// call is the eventfd to interrupt the driver, or nil.
+	call *os.File // +checklocks:mu
+	// broken is set when the driver broke the ring protocol; the ring
+	// then takes no more requests until it is restarted.
+	broken bool // +checklocks:mu
+}
+
+// runner is the goroutines serving a started ring.
+type runner struct {
+	stopping atomic.Bool
+	done     chan struct{} // closed when the kick goroutine returns
+	work     chan *request // nil: requests are served inline
+	workers  sync.WaitGroup
+}
+
+// request is one popped chain. It holds a reference on the memory table
+// its buffers live in until it completes.
+type request struct {
+	chain *virtqueue.Chain
+	mem   *virtqueue.Memory
+}
+
+func newVring(d *device, index int) *vring {
+	return &vring{d: d, index: index, log: d.log.With("vring", index)}
+}
+
+func (v *vring) started() bool { return v.running != nil }
+
+func (v *vring) setNum(n uint32) error {
+	if v.started() {
+		return errors.New("SET_VRING_NUM on a started ring")
+	}
+	if n == 0 || n > virtqueue.MaxQueueSize || n&(n-1) != 0 {
+		return fmt.Errorf("queue size %d is not a power of two in [1, %d]", n, virtqueue.MaxQueueSize)
+	}
+	v.num = uint16(n)
+	return nil
+}
+
+func (v *vring) setBase(n uint32) error {
+	if v.started() {
+		return errors.New("SET_VRING_BASE on a started ring")
+	}
+	if n > 0xffff {
+		return fmt.Errorf("split ring base %#x has more than 16 bits", n)
+	}
+	v.base = uint16(n)
+	return nil
+}
+
+func (v *vring) setAddr(a wire.VringAddr) error {
+	if a.Flags&^wire.VringAddrFLog != 0 {
+		return fmt.Errorf("vring address flags %#x", a.Flags)
+	}
+	if v.started() {
+		// QEMU re-sends the addresses to toggle used-ring logging.
+		if a.DescUser != v.addr.DescUser || a.AvailUser != v.addr.AvailUser || a.UsedUser != v.addr.UsedUser {
+			return errors.New("SET_VRING_ADDR moves a started ring")
+		}
+	}
+	v.addr, v.addrSet = a, true
+	return nil
+}
+
+func (v *vring) setKick(f *os.File) error {
+	wasRunning := v.started()
+	v.stop()
+	if v.kick != nil {
+		v.kick.Close()
+	}
+	v.kick = f
+	if err := v.start(); err != nil {
+		if wasRunning {
+			v.log.Error("vring could not restart with the new kick fd", "err", err)
+		}
+		return err
+	}
+	return nil
+}
+
+func (v *vring) setCall(f *os.File) {
+	v.mu.Lock()
+	old := v.call
+	v.call = f
+	v.mu.Unlock()
+	if old != nil {
+		old.Close()
+	}
+	// An interrupt raised while the front-end swapped fds (it does so
+	// when the guest masks a vector) must not be lost; a spurious one is
+	// harmless.
+	if f != nil && v.started() {
+		signal(f)
+	}
+}
+
+func (v *vring) setErr(f *os.File) {
+	if v.errFD != nil {
+		v.errFD.Close()
+	}
+	v.errFD = f
+}
+
+func (v *vring) setEnabled(e bool) {
+	v.enabled.Store(e)
+	if e && v.started() {
+		signal(v.kick) // wake the kick goroutine to look at the ring
+	}
+}
+
+// signal adds one to an eventfd.
+func signal(f *os.File) {
+	var one [8]byte
+	binary.LittleEndian.PutUint64(one[:], 1)
+	_, _ = f.Write(one[:]) // EAGAIN means the counter is saturated: still signalled
+}
+
+// start starts the ring if it is fully configured.
+func (v *vring) start() error {
+	if v.kick == nil || !v.addrSet || v.num == 0 {
+		return fmt.Errorf("vring %d not configured (num %d, address set %v)", v.index, v.num, v.addrSet)
+	}
+	mem := v.d.memory()
+	if mem == nil {
+		return errors.New("ring started before SET_MEM_TABLE")
+	}
+	defer mem.Release()
+	f := virtqueue.Features{
+		IndirectDesc: v.d.features&wire.FeatureRingIndirectDesc != 0,
+		EventIdx:     v.d.features&wire.FeatureRingEventIdx != 0,
+	}
+	l := virtqueue.Layout{Size: v.num, DescUser: v.addr.DescUser, AvailUser: v.addr.AvailUser, UsedUser: v.addr.UsedUser}
+	q, err := virtqueue.NewQueue(mem, l, f, v.base)
+	if err != nil {
+		return fmt.Errorf("vring %d: %w", v.index, err)
+	}
+	v.mu.Lock()
+	v.q, v.broken = q, false
+	v.mu.Unlock()
+	if v.d.features&wire.FeatureProtocolFeatures == 0 {
+		v.enabled.Store(true)
+	}
+	r := &runner{done: make(chan struct{})}
+	if n := v.d.cfg.ThreadPoolSize; n > 0 {
+		r.work = make(chan *request)
+		r.workers.Add(n)
+		for range n {
+			go v.worker(r)
+		}
+	}
+	v.running = r
+	go v.loop(r, v.kick)
+	return nil
+}
+
+// stop stops the ring, waits for its in-flight requests and records the
+// next avail index in v.base.
+func (v *vring) stop() {
+	r := v.running
+	if r == nil {
+		return
+	}
+	r.stopping.Store(true)
+	_ = v.kick.SetReadDeadline(aLongTimeAgo())
+	finished := make(chan struct{})
+	go func() {
+		<-r.done
+		r.workers.Wait()
+		close(finished)
+	}()
+	for waited := 0; ; waited++ {
+		select {
+		case <-finished:
+		case <-time.After(5 * time.Second):
+			v.log.Warn("vring stop is waiting for in-flight requests", "seconds", 5*(waited+1))
+			continue
+		}
+		break
+	}
+	_ = v.kick.SetReadDeadline(time.Time{})
+	v.mu.Lock()
+	v.base = v.q.LastAvail()
+	v.q.Close()
+	v.q = nil
+	v.mu.Unlock()
+	v.running = nil
+}
+
+// getBase handles GET_VRING_BASE: stop the ring and report its index.
+func (v *vring) getBase() uint16 {
+	v.stop()
+	if v.kick != nil {
+		v.kick.Close()
+		v.kick = nil
+	}
+	return v.base
+}
+
+// reset stops the ring and forgets its configuration and fds.
+func (v *vring) reset() {
+	v.stop()
+	for _, f := range []*os.File{v.kick, v.errFD} {
+		if f != nil {
+			f.Close()
+		}
+	}
+	v.kick, v.errFD = nil, nil
+	v.setCall(nil)
+	v.num, v.addr, v.addrSet, v.base = 0, wire.VringAddr{}, false, 0
+	v.enabled.Store(false)
+}
+
+// remap moves a started ring to a new memory table.
+func (v *vring) remap(mem *virtqueue.Memory) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.q == nil {
+		return
+	}
+	if err := v.q.Remap(mem); err != nil {
+		v.log.Warn("ring not in the new memory table; it keeps the old mapping", "err", err)
+	}
+}
+
+// loop is the kick goroutine: drain the ring, wait for a kick, repeat.
+func (v *vring) loop(r *runner, kick *os.File) {
+	defer close(r.done)
+	if r.work != nil {
+		defer close(r.work)
+	}
+	var buf [8]byte
+	for !r.stopping.Load() {
+		if v.enabled.Load() && !v.drain(r) {
+			return
+		}
+		if _, err := kick.Read(buf[:]); err != nil {
+			if !r.stopping.Load() {
+				v.log.Error("reading kick eventfd; ring stops", "err", err)
+			}
+			return
+		}
+	}
+}
+
+// drain serves every available chain. It returns false if the ring broke.
+func (v *vring) drain(r *runner) bool {
+	for !r.stopping.Load() {
+		req, err := v.pop()
+		if err != nil {
+			v.fail(err)
+			return false
+		}
+		if req == nil {
+			return true
+		}
+		if r.work != nil {
+			r.work <- req
+		} else {
+			v.serve(req)
+		}
+	}
+	return true
+}
+
+// pop returns the next valid chain, or nil once the ring is empty with
+// notifications re-enabled (or the ring is disabled or broken).
+func (v *vring) pop() (*request, error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	q := v.q
+	if q == nil || v.broken || !v.enabled.Load() {
+		return nil, nil
+	}
+	for {
+		q.DisableNotification()
+		head, ok, err := q.Next()
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			if q.EnableNotification() {
+				continue
+			}
+			return nil, nil
+		}
+		c, err := q.ReadChain(q.Memory(), head)
+		if err != nil {
+			// The chain is unusable, but its head is valid: hand it
+			// back empty so the driver can reclaim it.
+			v.log.Warn("malformed descriptor chain refused", "head", head, "err", err)
+			q.Push(head, 0)
+			v.notifyLocked()
+			continue
+		}
+		return &request{chain: c, mem: q.Memory().Acquire()}, nil
+	}
+}
+
+// fail marks the ring broken after a protocol violation by the driver.
+func (v *vring) fail(err error) {
+	v.log.Error("driver broke the ring; it is stopped until the front-end restarts it", "err", err)
+	v.mu.Lock()
+	v.broken = true
+	v.mu.Unlock()
+	if v.errFD != nil {
+		signal(v.errFD)
+	}
+}
+
+func (v *vring) worker(r *runner) {
+	defer r.workers.Done()
+	for req := range r.work {
+		v.serve(req)
+	}
+}
+
+// serve runs the Handler on one request and completes it.
+func (v *vring) serve(req *request) {
+	n := v.handle(req.chain)
+	req.mem.Release()
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.q == nil {
+		return // cannot happen: stop waits for requests
+	}
+	v.q.Push(req.chain.Head, n)
+	v.notifyLocked()
+}
+
+// notifyLocked interrupts the driver if it wants to hear about the
+// entries pushed so far.
+func (v *vring) notifyLocked() {
+	if v.q.NeedNotify() && v.call != nil {
+		signal(v.call)
+	}
+}
+
+// handle runs the Handler and returns the bytes written into the chain.
+func (v *vring) handle(c *virtqueue.Chain) (n uint32) {
+	defer func() {
+		if p := recover(); p != nil {
+			v.log.Error("FUSE handler panicked", "panic", p)
+			n = errorReply(c, fuse.EIO)
+		}
+	}()
+	written, st := v.d.handler.HandleRequest(c.In, c.Out)
+	if !st.Ok() && written == 0 {
+		return errorReply(c, st)
+	}
+	if written < 0 {
+		return 0
+	}
+	return min(uint32(written), c.OutLen)
+}
+
+const (
+	inHeaderSize  = 40 // sizeof(struct fuse_in_header)
+	outHeaderSize = 16 // sizeof(struct fuse_out_header)
+)
+
+// errorReply writes a FUSE error reply for a request the Handler refused
+// and returns its length, or 0 if the chain has no room for one.
+func errorReply(c *virtqueue.Chain, st fuse.Status) uint32 {
+	if c.InLen < inHeaderSize || c.OutLen < outHeaderSize {
+		return 0
+	}
+	var in [inHeaderSize]byte
+	copyFrom(in[:], c.In)
+	if st.Ok() || st < 0 {
+		st = fuse.EIO
+	}
+	var out [outHeaderSize]byte
+	binary.LittleEndian.PutUint32(out[0:], outHeaderSize)
+	binary.LittleEndian.PutUint32(out[4:], uint32(-int32(st)))
+	copy(out[8:], in[8:16]) // unique
+	copyTo(c.Out, out[:])
+	return outHeaderSize
+}
+
+func copyFrom(dst []byte, iov [][]byte) {
+	n := 0
+	for _, b := range iov {
+		n += copy(dst[n:], b)
+	}
+}
+
+func copyTo(iov [][]byte, src []byte) {
+	for _, b := range iov {
+		src = src[copy(b, src):]
+	}
+}
