@@ -309,10 +309,10 @@ func (r *runner) skip(j *job, p *Daemon) string {
 		switch {
 		case p.Native:
 			return "no daemon to restart"
-		case p.RestartArgv == nil && p.Name == PeerLoopback:
-			return "cannot restart without losing the mount"
-		case p.RestartArgv == nil:
+		case p.RestartArgv == nil && (p.Name == PeerGovirtiofsd || p.Name == PeerGovNoState):
 			return "no --supervise flag in govirtiofsd --help yet"
+		case p.RestartArgv == nil:
+			return "cannot restart without losing the mount"
 		}
 	}
 	if j.cold && !r.canDrop {
