@@ -1,5 +1,111 @@
 // Package nodestore is the node identity table: it maps FUSE nodeids to
-// host files (mount, st_ino, file handle, parent and name) and back, keeps
-// it in a state directory so nodeids survive daemon restarts, bounds its
-// memory by a setting, and seals every record with a MAC.
+// host files (mount, st_ino, file type, file handle, parent and name) and
+// back, keeps that map in a state directory so nodeids survive daemon
+// restarts, bounds its memory by a setting rather than by the number of
+// files, and seals every record with a MAC.
+//
+// Two implementations share the Store interface and its semantics (the
+// tests run against both): OpenMemory for --state-dir=none, and Open for a
+// state directory.
+//
+// # Semantics
+//
+// Nodeids are allocated from a counter, 1 (the root) first, and never
+// reused. Generation is a random nonzero 64-bit epoch drawn when the store
+// is created and persisted with it; it is the FUSE generation of every
+// nodeid, so a daemon that lost its state (new store, new epoch) can never
+// alias an old (nodeid, generation) pair to another file. The reverse
+// index answers ByIno with the newest record for (mount, ino): Insert
+// takes over an existing entry (the host reused an inode number), and
+// LookupOrInsert makes "look up, insert if absent" atomic so parallel
+// LOOKUPs of one file agree on one nodeid.
+//
+// # On-disk layout (Open)
+//
+//	key       32 random bytes, mode 0600 (unless Options.Key is given)
+//	meta      header, two copies 4 KiB apart (see header); flock'ed while open
+//	records   fixed 512-byte slots, slot i = nodeid i: Get is one pread
+//	index.N   reverse index, an open-addressing hash table (see index)
+//	mounts    the mount table, rewritten whole and atomically on change
+//
+// The files are read and written with pread/pwrite, never mmap: pages in
+// the page cache do not count towards the process's RSS, while touched
+// pages of a mapping do. Process memory is the cache (Options.CacheBytes,
+// fixed arrays allocated at Open) plus small per-call buffers. Measured
+// with 1M records (24-byte handles, ~25-byte names): RSS +15.5 MiB over the
+// empty store, HeapInuse 14 MiB; on disk 553 MiB (512 MiB of slots, the
+// index at 2^22 entries × 16 bytes).
+//
+// # Sealing
+//
+// The records, the header and the mount table are each sealed with
+// HMAC-SHA256 truncated to 16 bytes, under keys derived from the master
+// key by purpose (HMAC(master, "govirtiofsd/nodestore/v1/<purpose>")).
+// A record's MAC covers the store's generation, its nodeid and every field
+// (unused bytes of the slot must be zero), so a record cannot be altered,
+// moved to another nodeid's slot, or copied from another store — even one
+// sharing the key. Such a record reads as ErrTampered with an slog error
+// naming the nodeid, file and offset; no field of it is returned, and
+// other records are unaffected. The reverse index is not sealed: it is a
+// hint, and every hit is checked against the (sealed) record it names, so
+// corrupting it costs a miss, never a wrong answer.
+//
+// Why HMAC-SHA256: it is in the standard library, has no nonce to manage
+// (records are rewritten in place by Update, so a nonce-based MAC like
+// GMAC would need a per-slot counter and fail badly on reuse), and with
+// SHA-NI it costs 340 ns per record (BenchmarkMAC: fixed fields + a
+// 25-byte name + 24-byte handle, 3 SHA-256 blocks, 0 allocations) — under
+// 2% of a 20–50 µs FUSE LOOKUP, and paid only on cache misses and writes.
+// 16 bytes keep forgery at 2^-128 per try.
+//
+// # Durability
+//
+// Process crash (SIGKILL, panic): everything an Insert, Update or Delete
+// wrote is in the page cache when it returns, so the next process sees it
+// (TestCrashSIGKILL kills a child inserting in a loop and checks that every
+// acknowledged nodeid resolves, by nodeid and by ino, and that no nodeid
+// is handed out twice, across two kill/reopen rounds). Nodeids are
+// reserved 65536 at a time in the header, written and fdatasync'ed before
+// any of them is used, so neither a process crash nor a power loss can
+// reuse one; a restart skips the rest of the batch.
+//
+// Host crash / power loss: the header (both copies, generation and
+// reservation), the key and the mount table are fsync'ed when written.
+// Records written since the last Sync (or Close) may be lost — they read
+// as ErrNotFound, which the filesystem turns into ESTALE — or torn, which
+// the MAC turns into ErrTampered; never a misread record. The header says
+// whether the store was open and under which boot
+// (/proc/sys/kernel/random/boot_id); opening a store that was open when
+// the host went down rebuilds the reverse index from the records, so it
+// cannot name lost records or miss surviving ones. A stale header copy
+// (torn write) falls back to the other copy.
+//
+// Full disk: the records file is preallocated 1 MiB at a time and index
+// files are allocated whole (fallocate), so ENOSPC surfaces before an
+// Insert writes anything: the Insert fails with a wrapped ENOSPC and the
+// store stays consistent and usable (reads, updates, Close, reopen).
+//
+// # Concurrency and lock order
+//
+// All methods are safe for concurrent use.
+//
+//	diskStore.mu (RWMutex)  →  cache shard mu (Mutex)
+//
+// diskStore.mu is held shared by Get (on a cache miss), ByIno, Mounts and
+// Sync, and exclusively by Insert, LookupOrInsert, Update, Delete, PutMount
+// and Close; it guards the file offsets, the nodeid counter, the header
+// and the index. Cache shard locks are leaves, taken with or without
+// diskStore.mu. A Get that hits the cache takes only a shard lock.
+// memStore has a single RWMutex.
+//
+// # Costs (1M records, 2 shared cores, page cache warm)
+//
+//	Get, cache hit                          ~60 ns, 0 allocs
+//	Get, miss: pread + MAC                  ~1.6–2 µs, 1 alloc
+//	ByIno, miss: index pread + record       ~3 µs
+//	Insert: index pread + 2 pwrites + MAC   ~3 µs
+//
+// An index grow (doubling, when 70% full) streams the old table into the
+// new one with sequential I/O under the write lock: about 50 ms at 1M
+// records, once per doubling.
 package nodestore
