@@ -61,6 +61,7 @@ func runSuite(t *testing.T, names []string, flags []string, opts suite.Options) 
 	opts.Cases = run
 	opts.Exclude = exclude
 	opts.HostInodes = opts.HostInodes || mounttest.IsLoopback()
+	opts.ServerFDs = func() (int, error) { return mounttest.FDCount(d.Pid()) }
 	suite.Run(t, d.Mnt, d.Shared, opts)
 }
 

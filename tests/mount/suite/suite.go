@@ -40,6 +40,9 @@ type Options struct {
 	Exclude map[string]string
 	// UID and GID of the non-root caller; 0 means 1000.
 	UID, GID uint32
+	// ServerFDs, when set, reports the server's open fd count; Run logs
+	// how it moved over each case.
+	ServerFDs func() (int, error)
 }
 
 // Env is what a case gets: its own fresh directory, through the mount and
@@ -116,7 +119,12 @@ func Run(t *testing.T, mnt, shared string, opts Options) {
 			continue
 		}
 		c := Cases[n]
+		var serverBefore int
+		if opts.ServerFDs != nil {
+			serverBefore, _ = opts.ServerFDs()
+		}
 		t.Run(n, func(t *testing.T) {
+			before := fdsUnder(mnt, shared)
 			e := &Env{Mnt: mnt, Shared: shared, Opts: opts, MountDev: root.Dev}
 			e.Dir = filepath.Join(mnt, "case-"+n)
 			if err := os.Mkdir(e.Dir, 0o755); err != nil {
@@ -131,13 +139,54 @@ func Run(t *testing.T, mnt, shared string, opts Options) {
 				e.Host = filepath.Join(shared, "case-"+n)
 			}
 			c(t, e)
+			if leaked := newFDs(before, fdsUnder(mnt, shared)); len(leaked) > 0 {
+				t.Errorf("the case left fds open on the mount or the shared dir: %v", leaked)
+			}
 			if !t.Failed() {
 				if err := os.RemoveAll(e.Dir); err != nil {
 					t.Errorf("removing case dir through the mount: %v", err)
 				}
 			}
 		})
+		if opts.ServerFDs != nil {
+			if after, err := opts.ServerFDs(); err == nil {
+				t.Logf("%s: server fds %d -> %d", n, serverBefore, after)
+			}
+		}
 	}
+}
+
+// fdsUnder lists this process's fds that point into the mount or the
+// shared dir, as "fd -> path".
+func fdsUnder(dirs ...string) map[string]bool {
+	out := map[string]bool{}
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return out
+	}
+	for _, ent := range ents {
+		target, err := os.Readlink("/proc/self/fd/" + ent.Name())
+		if err != nil {
+			continue
+		}
+		for _, d := range dirs {
+			if d != "" && (target == d || strings.HasPrefix(target, d+"/")) {
+				out[ent.Name()+" -> "+target] = true
+			}
+		}
+	}
+	return out
+}
+
+func newFDs(before, after map[string]bool) []string {
+	var out []string
+	for k := range after {
+		if !before[k] {
+			out = append(out, k)
+		}
+	}
+	sort.Strings(out)
+	return out
 }
 
 // M is the path of name inside the case directory, through the mount.
