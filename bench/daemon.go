@@ -41,6 +41,9 @@ type Daemon struct {
 	// daemon (one that restarts its serving process after kill -9 without
 	// losing the mount); nil means the restart rows are n/a.
 	RestartArgv func(shared, mnt, state string) []string
+	// KeepsState: the daemon writes its persistent state into the state
+	// directory Argv is given (its size is reported).
+	KeepsState bool
 	// Unavailable, when not empty, is why every row of this peer is n/a
 	// (the binary did not build, a flag is missing, …).
 	Unavailable string

@@ -19,12 +19,16 @@ type Row struct {
 	Unit         string `json:"unit"`
 	Desc         string `json:"desc"`
 	HigherBetter bool   `json:"higher_better"`
+	// noValue says why a peer has no number for this row when the job
+	// ran fine but did not measure it (e.g. the RSS of native).
+	noValue string
 }
 
 // Env is what a job sees of one running peer.
 type Env struct {
 	Root  string // the shared tree as seen through the peer
 	PID   int    // serving process; 0 for native
+	State string // the peer's persistent state directory; "" if it keeps none
 	Cfg   *Config
 	inst  *instance
 	abort func() // unblocks syscalls on a hung mount; nil for native
@@ -41,10 +45,8 @@ type job struct {
 	// restart: start the peer with Daemon.RestartArgv.
 	restart bool
 	// run measures; it returns one value per row it measured. Rows it
-	// leaves out are n/a for this peer (say why in noValue).
+	// leaves out are n/a for this peer (Row.noValue says why).
 	run func(ctx context.Context, e *Env) (map[string]float64, error)
-	// noValue explains a row run did not return (e.g. RSS of native).
-	noValue string
 	// cleanup restores the tree natively after every sample (untimed).
 	cleanup func(shared string) error
 }
@@ -151,14 +153,15 @@ func walkJob(dir string, p part, n int) *job {
 		rows: []Row{
 			{Name: "walk-cold-" + c, Unit: "s",
 				Desc: "find-like walk (getdents64 + fstatat of every entry) of " + c + " files, fresh mount, after drop_caches"},
-			{Name: "rss-idle-" + c, Unit: "MiB",
+			{Name: "rss-idle-" + c, Unit: "MiB", noValue: "no daemon process",
 				Desc: "daemon VmRSS on the fresh mount before that walk"},
-			{Name: "rss-walk-" + c, Unit: "MiB",
+			{Name: "rss-walk-" + c, Unit: "MiB", noValue: "no daemon process",
 				Desc: "daemon VmRSS growth over rss-idle after the walk (kernel still caches every inode)"},
-			{Name: "fds-walk-" + c, Unit: "fds",
+			{Name: "fds-walk-" + c, Unit: "fds", noValue: "no daemon process",
 				Desc: "daemon open fds (/proc/PID/fd) after the walk"},
+			{Name: "state-walk-" + c, Unit: "MiB", noValue: "no persistent state",
+				Desc: "disk space allocated in the daemon's --state-dir after the walk"},
 		},
-		noValue: "no daemon process",
 		run: func(ctx context.Context, e *Env) (map[string]float64, error) {
 			out := map[string]float64{}
 			var idle int64
@@ -191,6 +194,13 @@ func walkJob(dir string, p part, n int) *job {
 				}
 				out["rss-walk-"+c] = mib(rss - idle)
 				out["fds-walk-"+c] = float64(fds)
+			}
+			if e.State != "" {
+				b, err := diskUsage(e.State)
+				if err != nil {
+					return nil, err
+				}
+				out["state-walk-"+c] = mib(b)
 			}
 			return out, nil
 		},
@@ -625,4 +635,21 @@ func removeIfExists(p string) error {
 		return err
 	}
 	return nil
+}
+
+// diskUsage sums the allocated blocks of everything under dir.
+func diskUsage(dir string) (int64, error) {
+	var total int64
+	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		var st unix.Stat_t
+		if err := unix.Lstat(p, &st); err != nil {
+			return err
+		}
+		total += st.Blocks * 512
+		return nil
+	})
+	return total, err
 }

@@ -77,6 +77,7 @@ func buildPeers(ctx context.Context, cfg *Config, binDir string) ([]*Daemon, err
 				d.Unavailable = "govirtiofsd has no --state-dir flag yet"
 				break
 			}
+			d.KeepsState = hasState && !noState
 			extra := cfg.GovirtiofsdArgs
 			d.Argv = func(shared, mnt, state string) []string {
 				a := []string{gov, "--shared-dir", shared, "--mount", mnt}

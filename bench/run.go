@@ -241,8 +241,8 @@ func (r *runner) runJob(ctx context.Context, j *job, peers []*Daemon) {
 				if v, ok := vals[row.Name]; ok {
 					samples[row.Name][p.Name] = append(samples[row.Name][p.Name], v)
 				} else if na[row.Name][p.Name] == "" {
-					na[row.Name][p.Name] = j.noValue
-					if j.noValue == "" {
+					na[row.Name][p.Name] = row.noValue
+					if row.noValue == "" {
 						na[row.Name][p.Name] = "not measured"
 					}
 				}
@@ -348,6 +348,9 @@ func (r *runner) sample(ctx context.Context, j *job, p *Daemon) (map[string]floa
 		return nil, &startError{err}
 	}
 	env := &Env{Root: inst.root, PID: inst.pid, Cfg: r.cfg, inst: inst}
+	if p.KeepsState {
+		env.State = state
+	}
 	if !p.Native {
 		env.abort = inst.abort
 	}

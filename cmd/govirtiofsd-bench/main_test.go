@@ -46,7 +46,7 @@ func TestSmokeNative(t *testing.T) {
 			t.Fatalf("row %s: cells %+v, want one native cell", r.Name, r.Cells)
 		}
 		c := r.Cells[0]
-		daemonOnly := strings.HasPrefix(r.Name, "rss-") || strings.HasPrefix(r.Name, "fds-") || strings.HasPrefix(r.Name, "restart-")
+		daemonOnly := strings.HasPrefix(r.Name, "rss-") || strings.HasPrefix(r.Name, "fds-") || strings.HasPrefix(r.Name, "restart-") || strings.HasPrefix(r.Name, "state-")
 		switch {
 		case daemonOnly:
 			if c.NA == "" {
