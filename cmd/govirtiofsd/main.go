@@ -208,6 +208,12 @@ func newFileSystem(c *config, log *slog.Logger) (*passthrough.FS, *inode.Table, 
 	if err != nil {
 		return nil, nil, err
 	}
+	_, resume, _ := inheritedFuseFD()
+	files, err := openFileTable(c, resume, log)
+	if err != nil {
+		table.Close()
+		return nil, nil, err
+	}
 	fsys := passthrough.New(table, passthrough.Options{
 		Cache:             cache,
 		Xattr:             c.xattr,
@@ -216,6 +222,7 @@ func newFileSystem(c *config, log *slog.Logger) (*passthrough.FS, *inode.Table, 
 		AllowDirectIO:     c.allowDirectIO,
 		AnnounceSubmounts: c.announceSubmounts,
 		InodeNumbers:      inos,
+		OpenFiles:         files,
 		Logger:            log,
 	})
 	return fsys, table, nil

@@ -13,6 +13,7 @@ import (
 
 	"github.com/govirtiofsd/govirtiofsd/internal/inode"
 	"github.com/govirtiofsd/govirtiofsd/internal/nodestore"
+	"github.com/govirtiofsd/govirtiofsd/internal/openfiles"
 )
 
 // defaultStateDir is the per-export folder for the node table: under
@@ -112,4 +113,28 @@ func openTable(c *config, log *slog.Logger) (*inode.Table, error) {
 		return nil, err
 	}
 	return table, nil
+}
+
+// openFileTable opens the table of file handles the guest holds. A fresh
+// connection starts it empty; a resumed one keeps what the predecessor
+// recorded.
+func openFileTable(c *config, resume bool, log *slog.Logger) (*openfiles.Table, error) {
+	dir, err := c.resolvedStateDir()
+	if err != nil || dir == "" {
+		return openfiles.OpenMemory(), err
+	}
+	key, err := os.ReadFile(c.handleKeyFile)
+	if c.handleKeyFile == "" {
+		key, err = os.ReadFile(filepath.Join(dir, "key"))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read the node table key: %w", err)
+	}
+	path := filepath.Join(dir, "open-files")
+	if !resume {
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, err
+		}
+	}
+	return openfiles.Open(path, key, log)
 }

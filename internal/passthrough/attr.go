@@ -102,7 +102,7 @@ func (fs *FS) SetAttr(cancel <-chan struct{}, in *fuse.SetAttrIn, out *fuse.Attr
 	// ftruncate works on a file whose mode no longer allows opening it.
 	var f *file
 	if fh, ok := in.GetFh(); ok {
-		if f = fs.file(fh); f == nil {
+		if f = fs.file(in.NodeId, fh); f == nil {
 			return fuse.EBADF
 		}
 		defer f.release()

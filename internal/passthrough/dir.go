@@ -5,6 +5,7 @@ import (
 	"unsafe"
 
 	"github.com/govirtiofsd/govirtiofsd/internal/inode"
+	"github.com/govirtiofsd/govirtiofsd/internal/openfiles"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 )
@@ -37,38 +38,39 @@ func (fs *FS) OpenDir(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut
 		n.Release()
 		return fuse.ENOTDIR
 	}
-	fd, err := unix.Open(procPath(n.FD()), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	ds, err := openDirStream(n)
 	if err != nil {
 		n.Release()
 		return errno(err)
 	}
-	ds := &dirStream{node: n, fd: fd, buf: make([]byte, direntBufSize)}
+	fh, err := fs.openFiles.Add(uint64(n.ID), dirOpenFlags, openfiles.Dir)
+	if err != nil {
+		ds.close()
+		return errno(err)
+	}
 	fs.handlesMu.Lock()
-	out.Fh = fs.nextHandle
-	fs.nextHandle++
-	fs.dirs[out.Fh] = ds
+	fs.dirs[fh] = ds
 	fs.handlesMu.Unlock()
+	out.Fh = fh
 	if fs.opts.Cache == CacheAlways {
 		out.OpenFlags |= fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE
 	}
 	return fuse.OK
 }
 
-func (fs *FS) dir(fh uint64) *dirStream {
-	fs.handlesMu.Lock()
-	defer fs.handlesMu.Unlock()
-	return fs.dirs[fh]
+const dirOpenFlags = unix.O_RDONLY | unix.O_DIRECTORY | unix.O_CLOEXEC
+
+// openDirStream opens node n's directory for reading; it takes over the
+// caller's reference on n.
+func openDirStream(n *inode.Node) (*dirStream, error) {
+	fd, err := unix.Open(procPath(n.FD()), dirOpenFlags, 0)
+	if err != nil {
+		return nil, err
+	}
+	return &dirStream{node: n, fd: fd, buf: make([]byte, direntBufSize)}, nil
 }
 
-// ReleaseDir closes the directory stream.
-func (fs *FS) ReleaseDir(in *fuse.ReleaseIn) {
-	fs.handlesMu.Lock()
-	ds, ok := fs.dirs[in.Fh]
-	delete(fs.dirs, in.Fh)
-	fs.handlesMu.Unlock()
-	if !ok {
-		return
-	}
+func (ds *dirStream) close() {
 	ds.mu.Lock()
 	unix.Close(ds.fd)
 	ds.fd = -1
@@ -76,9 +78,55 @@ func (fs *FS) ReleaseDir(in *fuse.ReleaseIn) {
 	ds.node.Release()
 }
 
+// dir returns the directory stream for fh (on nodeid), reopening one a
+// predecessor process issued.
+func (fs *FS) dir(nodeid, fh uint64) *dirStream {
+	fs.handlesMu.Lock()
+	ds, ok := fs.dirs[fh]
+	fs.handlesMu.Unlock()
+	if ok {
+		return ds
+	}
+	e, ok := fs.openFiles.Resume(fh, nodeid)
+	if !ok || e.Kind != openfiles.Dir {
+		return nil
+	}
+	n, st := fs.node(nodeid)
+	if !st.Ok() || !n.IsDir() {
+		n.Release()
+		return nil
+	}
+	ds, err := openDirStream(n)
+	if err != nil {
+		n.Release()
+		return nil
+	}
+	ds.pos = ^uint64(0) // force a seek to the offset the kernel asks for
+	fs.handlesMu.Lock()
+	defer fs.handlesMu.Unlock()
+	if old, ok := fs.dirs[fh]; ok {
+		ds.close()
+		return old
+	}
+	fs.dirs[fh] = ds
+	return ds
+}
+
+// ReleaseDir closes the directory stream.
+func (fs *FS) ReleaseDir(in *fuse.ReleaseIn) {
+	fs.openFiles.Remove(in.Fh)
+	fs.handlesMu.Lock()
+	ds, ok := fs.dirs[in.Fh]
+	delete(fs.dirs, in.Fh)
+	fs.handlesMu.Unlock()
+	if ok {
+		ds.close()
+	}
+}
+
 // FsyncDir syncs the directory.
 func (fs *FS) FsyncDir(cancel <-chan struct{}, in *fuse.FsyncIn) fuse.Status {
-	ds := fs.dir(in.Fh)
+	ds := fs.dir(in.NodeId, in.Fh)
 	if ds == nil {
 		return fuse.EBADF
 	}
@@ -112,7 +160,7 @@ type linuxDirent64 struct {
 const direntNameOff = int(unsafe.Offsetof(unix.Dirent{}.Name))
 
 func (fs *FS) readDir(in *fuse.ReadIn, out *fuse.DirEntryList, plus bool) fuse.Status {
-	ds := fs.dir(in.Fh)
+	ds := fs.dir(in.NodeId, in.Fh)
 	if ds == nil {
 		return fuse.EBADF
 	}

@@ -4,6 +4,7 @@ import (
 	"sync/atomic"
 
 	"github.com/govirtiofsd/govirtiofsd/internal/inode"
+	"github.com/govirtiofsd/govirtiofsd/internal/openfiles"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 )
@@ -27,28 +28,62 @@ func (f *file) release() {
 	}
 }
 
-// addFile registers an open fd and returns its FUSE file handle. It takes
-// over fd and one reference on n.
-func (fs *FS) addFile(fd int, n *inode.Node) uint64 {
+// addFile registers an open fd (opened with host flags) and returns its
+// FUSE file handle, recorded in the open-file table so a successor process
+// can reopen it. It takes over fd and one reference on n; on error it
+// releases both.
+func (fs *FS) addFile(fd int, n *inode.Node, flags int) (uint64, error) {
+	fh, err := fs.openFiles.Add(uint64(n.ID), uint32(flags&^(unix.O_TRUNC|unix.O_CREAT|unix.O_EXCL|unix.O_TMPFILE|unix.O_NOFOLLOW)), openfiles.File)
+	if err != nil {
+		unix.Close(fd)
+		n.Release()
+		return 0, err
+	}
 	f := &file{fd: fd, node: n}
 	f.refs.Store(1)
 	fs.handlesMu.Lock()
-	defer fs.handlesMu.Unlock()
-	fh := fs.nextHandle
-	fs.nextHandle++
 	fs.files[fh] = f
-	return fh
+	fs.handlesMu.Unlock()
+	return fh, nil
 }
 
-// file returns the open file for fh with a reference, or nil.
-func (fs *FS) file(fh uint64) *file {
+// file returns the open file for fh (on nodeid) with a reference, or nil.
+// A handle a predecessor process issued is reopened on first use.
+func (fs *FS) file(nodeid, fh uint64) *file {
 	fs.handlesMu.Lock()
-	defer fs.handlesMu.Unlock()
 	f, ok := fs.files[fh]
-	if !ok {
+	if ok {
+		f.refs.Add(1)
+		fs.handlesMu.Unlock()
+		return f
+	}
+	fs.handlesMu.Unlock()
+	e, ok := fs.openFiles.Resume(fh, nodeid)
+	if !ok || e.Kind != openfiles.File {
 		return nil
 	}
-	f.refs.Add(1)
+	n, st := fs.node(nodeid)
+	if !st.Ok() {
+		return nil
+	}
+	fd, st := fs.reopen(n, int(e.Flags))
+	if !st.Ok() {
+		fs.log.Warn("cannot reopen a file the guest had open before the restart", "nodeid", nodeid, "fh", fh, "status", st)
+		n.Release()
+		return nil
+	}
+	f = &file{fd: fd, node: n}
+	f.refs.Store(2) // the table's and the caller's
+	fs.handlesMu.Lock()
+	if old, ok := fs.files[fh]; ok {
+		old.refs.Add(1)
+		fs.handlesMu.Unlock()
+		f.refs.Store(1)
+		f.release()
+		return old
+	}
+	fs.files[fh] = f
+	fs.handlesMu.Unlock()
 	return f
 }
 
@@ -99,7 +134,11 @@ func (fs *FS) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) f
 		n.Release()
 		return st
 	}
-	out.Fh = fs.addFile(fd, n)
+	fh, err := fs.addFile(fd, n, flags)
+	if err != nil {
+		return errno(err)
+	}
+	out.Fh = fh
 	fs.openOutFlags(out)
 	return fuse.OK
 }
@@ -142,7 +181,11 @@ func (fs *FS) Create(cancel <-chan struct{}, in *fuse.CreateIn, name string, out
 		return errno(err)
 	}
 	fs.fillEntry(n, &sx, &out.EntryOut)
-	out.Fh = fs.addFile(fd, n)
+	fh, err := fs.addFile(fd, n, flags)
+	if err != nil {
+		return errno(err)
+	}
+	out.Fh = fh
 	fs.openOutFlags(&out.OpenOut)
 	return fuse.OK
 }
@@ -187,7 +230,11 @@ func (fs *FS) Tmpfile(cancel <-chan struct{}, in *fuse.CreateIn, out *fuse.Creat
 		return errno(err)
 	}
 	fs.fillEntry(n, &sx, &out.EntryOut)
-	out.Fh = fs.addFile(fd, n)
+	fh, err := fs.addFile(fd, n, flags)
+	if err != nil {
+		return errno(err)
+	}
+	out.Fh = fh
 	fs.openOutFlags(&out.OpenOut)
 	return fuse.OK
 }
@@ -195,7 +242,7 @@ func (fs *FS) Tmpfile(cancel <-chan struct{}, in *fuse.CreateIn, out *fuse.Creat
 // Read returns a result that reads straight from the host fd into the
 // reply buffer (guest memory, for vhost-user).
 func (fs *FS) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (fuse.ReadResult, fuse.Status) {
-	f := fs.file(in.Fh)
+	f := fs.file(in.NodeId, in.Fh)
 	if f == nil {
 		return nil, fuse.EBADF
 	}
@@ -206,7 +253,7 @@ func (fs *FS) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (fuse.Re
 
 // Write writes data at the offset.
 func (fs *FS) Write(cancel <-chan struct{}, in *fuse.WriteIn, data []byte) (uint32, fuse.Status) {
-	f := fs.file(in.Fh)
+	f := fs.file(in.NodeId, in.Fh)
 	if f == nil {
 		return 0, fuse.EBADF
 	}
@@ -221,7 +268,7 @@ func (fs *FS) Write(cancel <-chan struct{}, in *fuse.WriteIn, data []byte) (uint
 // Writev writes a payload that arrived in several pieces (guest memory
 // regions) without copying it together first.
 func (fs *FS) Writev(cancel <-chan struct{}, in *fuse.WriteIn, data [][]byte) (uint32, fuse.Status) {
-	f := fs.file(in.Fh)
+	f := fs.file(in.NodeId, in.Fh)
 	if f == nil {
 		return 0, fuse.EBADF
 	}
@@ -236,7 +283,7 @@ func (fs *FS) Writev(cancel <-chan struct{}, in *fuse.WriteIn, data [][]byte) (u
 // Flush is close(2) in the guest: closing a duplicate of the host fd gives
 // the host the same flush semantics (and drops POSIX locks held through it).
 func (fs *FS) Flush(cancel <-chan struct{}, in *fuse.FlushIn) fuse.Status {
-	f := fs.file(in.Fh)
+	f := fs.file(in.NodeId, in.Fh)
 	if f == nil {
 		return fuse.EBADF
 	}
@@ -250,6 +297,7 @@ func (fs *FS) Flush(cancel <-chan struct{}, in *fuse.FlushIn) fuse.Status {
 
 // Release drops the handle; the fd closes when no request uses it.
 func (fs *FS) Release(cancel <-chan struct{}, in *fuse.ReleaseIn) {
+	fs.openFiles.Remove(in.Fh)
 	fs.handlesMu.Lock()
 	f, ok := fs.files[in.Fh]
 	delete(fs.files, in.Fh)
@@ -265,7 +313,7 @@ func (fs *FS) Release(cancel <-chan struct{}, in *fuse.ReleaseIn) {
 
 // Fsync flushes the file to stable storage (fdatasync when asked).
 func (fs *FS) Fsync(cancel <-chan struct{}, in *fuse.FsyncIn) fuse.Status {
-	f := fs.file(in.Fh)
+	f := fs.file(in.NodeId, in.Fh)
 	if f == nil {
 		return fuse.EBADF
 	}
@@ -281,7 +329,7 @@ func (fs *FS) Fallocate(cancel <-chan struct{}, in *fuse.FallocateIn) fuse.Statu
 	if fs.opts.ReadOnly {
 		return fuse.EROFS
 	}
-	f := fs.file(in.Fh)
+	f := fs.file(in.NodeId, in.Fh)
 	if f == nil {
 		return fuse.EBADF
 	}
@@ -291,7 +339,7 @@ func (fs *FS) Fallocate(cancel <-chan struct{}, in *fuse.FallocateIn) fuse.Statu
 
 // Lseek answers SEEK_DATA and SEEK_HOLE (the kernel handles the others).
 func (fs *FS) Lseek(cancel <-chan struct{}, in *fuse.LseekIn, out *fuse.LseekOut) fuse.Status {
-	f := fs.file(in.Fh)
+	f := fs.file(in.NodeId, in.Fh)
 	if f == nil {
 		return fuse.EBADF
 	}
@@ -309,12 +357,12 @@ func (fs *FS) CopyFileRange(cancel <-chan struct{}, in *fuse.CopyFileRangeIn) (u
 	if fs.opts.ReadOnly {
 		return 0, fuse.EROFS
 	}
-	src := fs.file(in.FhIn)
+	src := fs.file(in.NodeId, in.FhIn)
 	if src == nil {
 		return 0, fuse.EBADF
 	}
 	defer src.release()
-	dst := fs.file(in.FhOut)
+	dst := fs.file(in.NodeIdOut, in.FhOut)
 	if dst == nil {
 		return 0, fuse.EBADF
 	}

@@ -34,6 +34,7 @@ import (
 	"time"
 
 	"github.com/govirtiofsd/govirtiofsd/internal/inode"
+	"github.com/govirtiofsd/govirtiofsd/internal/openfiles"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 )
@@ -99,7 +100,10 @@ type Options struct {
 	AllowDirectIO     bool
 	AnnounceSubmounts bool
 	InodeNumbers      InodeNumbers
-	Logger            *slog.Logger
+	// OpenFiles records file handles for restarts; nil keeps them in
+	// memory only.
+	OpenFiles *openfiles.Table
+	Logger    *slog.Logger
 }
 
 // FS is the passthrough file system. Create it with New.
@@ -120,10 +124,12 @@ type FS struct {
 	// submounts is set once the client negotiated FUSE_SUBMOUNTS.
 	submounts atomic.Bool
 
-	handlesMu  sync.Mutex
-	nextHandle uint64                // +checklocks:handlesMu
-	files      map[uint64]*file      // +checklocks:handlesMu
-	dirs       map[uint64]*dirStream // +checklocks:handlesMu
+	// openFiles numbers file handles and keeps them for a successor.
+	openFiles *openfiles.Table
+
+	handlesMu sync.Mutex
+	files     map[uint64]*file      // +checklocks:handlesMu
+	dirs      map[uint64]*dirStream // +checklocks:handlesMu
 }
 
 var _ fuse.RawFileSystem = (*FS)(nil)
@@ -140,9 +146,12 @@ func New(table *inode.Table, opts Options) *FS {
 		log:           opts.Logger,
 		daemonUID:     uint32(os.Geteuid()),
 		daemonGID:     uint32(os.Getegid()),
-		nextHandle:    1,
+		openFiles:     opts.OpenFiles,
 		files:         map[uint64]*file{},
 		dirs:          map[uint64]*dirStream{},
+	}
+	if fs.openFiles == nil {
+		fs.openFiles = openfiles.OpenMemory()
 	}
 	switch opts.Cache {
 	case CacheAuto:

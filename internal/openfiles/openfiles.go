@@ -1,0 +1,206 @@
+// Package openfiles keeps the FUSE file handles the guest holds (from OPEN,
+// CREATE and OPENDIR) in a small file in the state directory, so that a
+// process that takes over a connection (restart, upgrade) can reopen every
+// file the guest has open and answer READ, WRITE and READDIR on handles its
+// predecessor issued.
+//
+// Guarantees:
+//   - An entry is written (pwrite, page cache) before Add returns, so it
+//     survives SIGKILL of the daemon; an fh is never given to two open files
+//     at once.
+//   - Each slot is sealed with HMAC-SHA256 (truncated to 16 bytes) over its
+//     slot number and contents, keyed from the node table's key: a slot
+//     edited or copied from elsewhere is ignored (and logged), so the file
+//     cannot be used to make the daemon open a file the guest never opened.
+//   - Memory is one small map entry per open file.
+//
+// Lock order: Table.mu is a leaf.
+package openfiles
+
+import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/binary"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// Kind says what an fh names.
+type Kind uint32
+
+const (
+	File Kind = 1 // OPEN / CREATE / TMPFILE
+	Dir  Kind = 2 // OPENDIR
+)
+
+// Entry is one open file.
+type Entry struct {
+	FH     uint64
+	NodeID uint64
+	Flags  uint32 // host open flags
+	Kind   Kind
+}
+
+const (
+	slotSize = 48 // fh, nodeid, flags, kind, mac[16], pad
+	macLen   = 16
+)
+
+// Table is the open-file table. A nil *os.File means memory only
+// (--state-dir=none).
+type Table struct {
+	f   *os.File
+	mac []byte
+	log *slog.Logger
+
+	mu      sync.Mutex
+	live    map[uint64]Entry // +checklocks:mu
+	free    []uint64         // +checklocks:mu slots to reuse
+	nextFH  uint64           // +checklocks:mu
+	resumed map[uint64]Entry // +checklocks:mu entries a predecessor left
+}
+
+// OpenMemory returns a table that is not persisted.
+func OpenMemory() *Table {
+	return &Table{live: map[uint64]Entry{}, resumed: map[uint64]Entry{}, nextFH: 1, log: slog.Default()}
+}
+
+// Open opens (or creates) the table at path. key is the node table's master
+// key. Entries left by a predecessor are kept for Resume.
+func Open(path string, key []byte, log *slog.Logger) (*Table, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open file table %s: %w", path, err)
+	}
+	m := hmac.New(sha256.New, key)
+	m.Write([]byte("govirtiofsd/openfiles/v1"))
+	t := &Table{f: f, mac: m.Sum(nil), log: log, live: map[uint64]Entry{}, resumed: map[uint64]Entry{}, nextFH: 1}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	buf := make([]byte, st.Size()-st.Size()%slotSize)
+	if _, err := f.ReadAt(buf, 0); err != nil && len(buf) > 0 {
+		f.Close()
+		return nil, fmt.Errorf("read file table %s: %w", path, err)
+	}
+	for slot := uint64(0); slot*slotSize < uint64(len(buf)); slot++ {
+		b := buf[slot*slotSize : (slot+1)*slotSize]
+		e := decode(b)
+		switch {
+		case e.FH == 0:
+			t.free = append(t.free, slot)
+		case e.FH != slot+1 || !hmac.Equal(b[24:24+macLen], t.seal(slot, b)):
+			log.Error("file table slot failed its integrity check; ignoring it", "file", path, "slot", slot)
+			t.free = append(t.free, slot)
+		default:
+			t.resumed[e.FH] = e
+		}
+		t.nextFH = slot + 2
+	}
+	return t, nil
+}
+
+func decode(b []byte) Entry {
+	return Entry{
+		FH:     binary.LittleEndian.Uint64(b[0:]),
+		NodeID: binary.LittleEndian.Uint64(b[8:]),
+		Flags:  binary.LittleEndian.Uint32(b[16:]),
+		Kind:   Kind(binary.LittleEndian.Uint32(b[20:])),
+	}
+}
+
+// seal computes the MAC of slot's first 24 bytes.
+func (t *Table) seal(slot uint64, b []byte) []byte {
+	m := hmac.New(sha256.New, t.mac)
+	var s [8]byte
+	binary.LittleEndian.PutUint64(s[:], slot)
+	m.Write(s[:])
+	m.Write(b[:24])
+	return m.Sum(nil)[:macLen]
+}
+
+// Add records a new open file and returns its fh.
+func (t *Table) Add(nodeid uint64, flags uint32, kind Kind) (uint64, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var slot uint64
+	if n := len(t.free); n > 0 {
+		slot, t.free = t.free[n-1], t.free[:n-1]
+	} else {
+		slot = t.nextFH - 1
+		t.nextFH++
+	}
+	e := Entry{FH: slot + 1, NodeID: nodeid, Flags: flags, Kind: kind}
+	if err := t.writeLocked(slot, e); err != nil {
+		t.free = append(t.free, slot)
+		return 0, err
+	}
+	t.live[e.FH] = e
+	return e.FH, nil
+}
+
+func (t *Table) writeLocked(slot uint64, e Entry) error {
+	if t.f == nil {
+		return nil
+	}
+	var b [slotSize]byte
+	if e.FH != 0 {
+		binary.LittleEndian.PutUint64(b[0:], e.FH)
+		binary.LittleEndian.PutUint64(b[8:], e.NodeID)
+		binary.LittleEndian.PutUint32(b[16:], e.Flags)
+		binary.LittleEndian.PutUint32(b[20:], uint32(e.Kind))
+		copy(b[24:], t.seal(slot, b[:]))
+	}
+	if _, err := t.f.WriteAt(b[:], int64(slot*slotSize)); err != nil {
+		return fmt.Errorf("write file table: %w", err)
+	}
+	return nil
+}
+
+// Remove forgets fh (RELEASE / RELEASEDIR).
+func (t *Table) Remove(fh uint64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	_, live := t.live[fh]
+	_, old := t.resumed[fh]
+	if !live && !old {
+		return
+	}
+	delete(t.live, fh)
+	delete(t.resumed, fh)
+	if err := t.writeLocked(fh-1, Entry{}); err != nil {
+		t.log.Warn("clear file table slot", "fh", fh, "err", err)
+	}
+	t.free = append(t.free, fh-1)
+}
+
+// Resume returns the entry a predecessor process recorded for fh, if the
+// kernel's request names the same nodeid, and makes it live again.
+func (t *Table) Resume(fh, nodeid uint64) (Entry, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	e, ok := t.resumed[fh]
+	if !ok || e.NodeID != nodeid {
+		return Entry{}, false
+	}
+	delete(t.resumed, fh)
+	t.live[fh] = e
+	return e, true
+}
+
+// Close closes the backing file.
+func (t *Table) Close() error {
+	if t.f == nil {
+		return nil
+	}
+	return t.f.Close()
+}
