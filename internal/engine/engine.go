@@ -60,6 +60,7 @@ func New(fs FileSystem, opts Options) *Engine {
 		ExtraCapabilities: fs.Capabilities() | fuse.CAP_HAS_RESEND,
 		Logger:            slog.NewLogLogger(opts.Logger.Handler(), slog.LevelWarn),
 		DisableSplice:     true,
+		EnableLocks:       true,
 	}
 	return &Engine{ps: fuse.NewProtocolServer(fs, mo), fs: fs, onInit: opts.OnInit}
 }

@@ -288,6 +288,7 @@ func (fs *FS) Flush(cancel <-chan struct{}, in *fuse.FlushIn) fuse.Status {
 		return fuse.EBADF
 	}
 	defer f.release()
+	fs.dropOwnerLocks(lockKey{in.NodeId, in.LockOwner})
 	dup, err := unix.FcntlInt(uintptr(f.fd), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
 		return errno(err)

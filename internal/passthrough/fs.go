@@ -127,6 +127,8 @@ type FS struct {
 	// openFiles numbers file handles and keeps them for a successor.
 	openFiles *openfiles.Table
 
+	locks lockFiles
+
 	handlesMu sync.Mutex
 	files     map[uint64]*file      // +checklocks:handlesMu
 	dirs      map[uint64]*dirStream // +checklocks:handlesMu
