@@ -39,9 +39,10 @@ const (
 	entrySize  = 16
 	tombID     = ^uint64(0)
 	probeChunk = 16 // entries read per pread while probing
-	// Grow when live+tombs exceed 7/10 of the buckets; grow to a table
-	// at most 35% full.
+	// Grow when live+tombs exceed 7/10 of the buckets, to a table at
+	// most 40% full (so usually by doubling).
 	loadNum, loadDen = 7, 10
+	growPercent      = 40
 	minIndexBits     = 12
 )
 
@@ -111,7 +112,7 @@ func (ix *index) needsGrow() bool {
 // bitsFor returns the table size for live entries after a grow.
 func bitsFor(live uint64) uint {
 	b := uint(minIndexBits)
-	for (live+1)*100 > (uint64(1)<<b)*35 {
+	for (live+1)*100 > (uint64(1)<<b)*growPercent {
 		b++
 	}
 	return b
