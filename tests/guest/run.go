@@ -247,6 +247,13 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	first := runQEMU(plan, want[CheckReboot])
 	var second *bootResult
 	if want[CheckReconnect] {
+		// A daemon that exits when the front-end disconnects may take a
+		// moment to do so; give it that moment so the outcome does not
+		// depend on a race.
+		select {
+		case <-d.done:
+		case <-time.After(3 * time.Second):
+		}
 		if !d.alive() {
 			rep.add(checks.Result{Check: CheckReconnect, Status: checks.Fail,
 				Detail: fmt.Sprintf("daemon exited when the first guest disconnected (%v)", d.err)})

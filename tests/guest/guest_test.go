@@ -1,0 +1,268 @@
+package guest
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/hanwen/go-fuse/v2/posixtest"
+
+	"github.com/govirtiofsd/govirtiofsd/tests/guest/checks"
+)
+
+// These tests boot real guests (TCG, ~4 s a boot) against the peers and
+// assert what a user of each daemon sees, as measured on Debian's packages
+// (bookworm's QEMU 7.2 C virtiofsd, trixie's Rust virtiofsd 1.13). They need
+// root and the assets of scripts/guest/install.sh; without them they fail.
+
+var (
+	guestOnce sync.Once
+	guestVal  *Guest
+	guestErr  error
+	guestDir  string
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if guestDir != "" {
+		os.RemoveAll(guestDir)
+	}
+	os.Exit(code)
+}
+
+// testGuest builds guestcheck and the initramfs once per test binary.
+func testGuest(t *testing.T) *Guest {
+	t.Helper()
+	guestOnce.Do(func() {
+		env, err := LoadEnv()
+		if err != nil {
+			guestErr = err
+			return
+		}
+		if guestDir, err = os.MkdirTemp("", "guest-test-"); err != nil {
+			guestErr = err
+			return
+		}
+		guestVal, guestErr = PrepareGuest(env, guestDir)
+	})
+	if guestErr != nil {
+		t.Fatalf("guest tests need root and the assets of scripts/guest/install.sh (run it as root): %v", guestErr)
+	}
+	return guestVal
+}
+
+// runGuest runs the checks against d; the console and the daemon's log are
+// printed only if the test fails.
+func runGuest(t *testing.T, d Daemon, cs ...string) *Report {
+	t.Helper()
+	var log bytes.Buffer
+	rep, err := Run(context.Background(), Options{Guest: testGuest(t), Daemon: d, Checks: cs, Log: &log})
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("progress and console:\n%s", log.String())
+			if rep != nil {
+				t.Logf("daemon log (tail):\n%s", tail2(rep.DaemonLog, 4000))
+			}
+		}
+	})
+	if err != nil {
+		t.Fatalf("Run %s: %v", d.Name, err)
+	}
+	var boots []string
+	for _, b := range rep.Boots {
+		boots = append(boots, b.Round(100e6).String())
+	}
+	t.Logf("%s: guest runs took %s; after walk: %v", d.Name, strings.Join(boots, " + "), rep.WalkSample)
+	return rep
+}
+
+func tail2(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
+
+// expect asserts the status of a result line and, if contains is not empty,
+// that its detail mentions it.
+func expect(t *testing.T, rep *Report, check string, st checks.Status, contains string) {
+	t.Helper()
+	r, ok := rep.Result(check)
+	if !ok {
+		t.Errorf("%s: no %q result", rep.Daemon, check)
+		return
+	}
+	if r.Status != st || !strings.Contains(r.Detail, contains) {
+		t.Errorf("%s: %s = %s %q, want %s (detail containing %q)", rep.Daemon, check, r.Status, r.Detail, st, contains)
+	}
+}
+
+// posixtestOnHost runs every posixtest case on a host directory of the
+// machine's own file system with the same guestcheck program: the baseline
+// a daemon passing the guest's requests through cannot beat. (Notably
+// FcntlFlockLocksFile fails natively: POSIX record locks of one process
+// never conflict with each other.)
+var (
+	nativeOnce sync.Once
+	native     map[string]checks.Status
+	nativeErr  error
+)
+
+func posixtestOnHost(t *testing.T) map[string]checks.Status {
+	t.Helper()
+	nativeOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "posixtest-native-")
+		if err != nil {
+			nativeErr = err
+			return
+		}
+		defer os.RemoveAll(dir)
+		testGuest(t)
+		out, err := exec.Command(filepath.Join(guestDir, "guestcheck"), "posixtest", dir).Output()
+		if err != nil {
+			nativeErr = fmt.Errorf("guestcheck posixtest on the host: %v", err)
+			return
+		}
+		native = map[string]checks.Status{}
+		for _, l := range strings.Split(string(out), "\n") {
+			if r, ok := checks.ParseResult(l); ok {
+				native[strings.TrimPrefix(r.Check, "posixtest/")] = r.Status
+			}
+		}
+	})
+	if nativeErr != nil {
+		t.Fatal(nativeErr)
+	}
+	return native
+}
+
+// Posixtest cases the peers skip: O_TMPFILE is not implemented by either,
+// and xattrs are off by default in both.
+var peerPosixtestSkips = map[string]bool{"Tmpfile": true, "XAttr": true, "XAttrLarge": true}
+
+// checkPeerPosixtest asserts that every posixtest case ran in the guest and
+// that the peer passes every case the host file system passes, except the
+// skips above.
+func checkPeerPosixtest(t *testing.T, rep *Report) {
+	t.Helper()
+	got := rep.Posixtest()
+	host := posixtestOnHost(t)
+	if len(got) != len(posixtest.All) {
+		t.Errorf("%s: %d posixtest results, want %d", rep.Daemon, len(got), len(posixtest.All))
+	}
+	for name := range posixtest.All {
+		r, ok := got[name]
+		want := host[name]
+		if peerPosixtestSkips[name] {
+			want = checks.Skip
+		}
+		if !ok || r.Status != want {
+			t.Errorf("%s: posixtest/%s = %v %q, want %s (host: %s)", rep.Daemon, name, r.Status, r.Detail, want, host[name])
+		}
+	}
+}
+
+// TestCVirtiofsd: QEMU 7.2's C virtiofsd, default options (no submount
+// announcement, one O_PATH fd per inode the guest knows).
+func TestCVirtiofsd(t *testing.T) {
+	g := testGuest(t)
+	rep := runGuest(t, CVirtiofsd(g.Env, "c"), AllChecks...)
+	expect(t, rep, "mount", checks.Pass, "")
+	checkPeerPosixtest(t, rep)
+	// The two tmpfs files look like one file to the guest.
+	expect(t, rep, "identity", checks.Fail, "share (st_dev, st_ino)")
+	expect(t, rep, "identity-dino", checks.Pass, "")
+	// Guest file handles die with the guest's inode cache.
+	expect(t, rep, "handles-file", checks.Fail, "ESTALE")
+	expect(t, rep, "handles-dir", checks.Fail, "ESTALE")
+	// One fd per inode: the walk runs into RLIMIT_NOFILE and the guest's
+	// find misses files.
+	expect(t, rep, "walk", checks.Fail, "EMFILE")
+	if s := rep.WalkSample; s == nil || s.FDs < 19000 {
+		t.Errorf("c: fds after the walk = %v, want ≥ 19000 (one per inode)", s)
+	}
+	// A guest reboot keeps working (token written before the walk) ...
+	expect(t, rep, "reboot", checks.Pass, "")
+	// ... but the daemon exits when QEMU disconnects.
+	expect(t, rep, "reconnect", checks.Fail, "daemon exited")
+}
+
+// TestRustVirtiofsd: the Rust virtiofsd 1.13 with O_PATH fds
+// (--inode-file-handles=never, its default) and submount announcement (its
+// default).
+func TestRustVirtiofsd(t *testing.T) {
+	g := testGuest(t)
+	rep := runGuest(t, RustVirtiofsd(g.Env, "rust", "--inode-file-handles=never"), AllChecks...)
+	expect(t, rep, "mount", checks.Pass, "")
+	checkPeerPosixtest(t, rep)
+	// Announced submounts: the guest gives each tmpfs its own st_dev.
+	expect(t, rep, "identity", checks.Pass, "")
+	expect(t, rep, "identity-dino", checks.Pass, "")
+	expect(t, rep, "handles-file", checks.Fail, "ESTALE")
+	expect(t, rep, "handles-dir", checks.Fail, "ESTALE")
+	expect(t, rep, "walk", checks.Fail, "too many open files")
+	if s := rep.WalkSample; s == nil || s.FDs < 19000 {
+		t.Errorf("rust: fds after the walk = %v, want ≥ 19000 (one per inode)", s)
+	}
+	expect(t, rep, "reboot", checks.Pass, "")
+	expect(t, rep, "reconnect", checks.Fail, "daemon exited")
+}
+
+// TestRustFileHandles: the Rust virtiofsd with --inode-file-handles=prefer
+// keeps host file handles instead of fds, so the 20k-file walk completes with
+// a handful of fds (the positive control for the walk check); guest file
+// handles still fail, and without submount announcement the two tmpfs files
+// collide.
+func TestRustFileHandles(t *testing.T) {
+	g := testGuest(t)
+	rep := runGuest(t, RustVirtiofsd(g.Env, "rust-fh-nosubmounts", "--inode-file-handles=prefer", "--no-announce-submounts"),
+		CheckIdentity, CheckHandles, CheckWalk)
+	expect(t, rep, "mount", checks.Pass, "")
+	expect(t, rep, "identity", checks.Fail, "share (st_dev, st_ino)")
+	expect(t, rep, "handles-file", checks.Fail, "ESTALE")
+	expect(t, rep, "handles-dir", checks.Fail, "ESTALE")
+	expect(t, rep, "walk", checks.Pass, "found 20000 of 20000 files")
+	if s := rep.WalkSample; s == nil || s.FDs > 1000 {
+		t.Errorf("rust with file handles: fds after the walk = %v, want ≤ 1000", s)
+	}
+}
+
+// TestDaemonThatDoesNotListen: the harness reports a daemon that never
+// creates its socket as an error with the daemon's own output.
+func TestDaemonThatDoesNotListen(t *testing.T) {
+	g := testGuest(t)
+	_, err := Run(context.Background(), Options{Guest: g, Checks: []string{CheckIdentity},
+		Daemon: Daemon{Name: "broken", Args: []string{"/bin/sh", "-c", "echo no vhost-user here >&2; exit 3"}}})
+	if err == nil || !strings.Contains(err.Error(), "exited before creating") || !strings.Contains(err.Error(), "no vhost-user here") {
+		t.Fatalf("Run with a daemon that exits: err = %v", err)
+	}
+}
+
+// TestInitramfsContents lists the initramfs with the system's cpio.
+func TestInitramfsContents(t *testing.T) {
+	g := testGuest(t)
+	cmd := exec.Command("sh", "-c", "gzip -dc < \"$0\" | cpio -t --quiet", g.Initrd)
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("list %s: %v", g.Initrd, err)
+	}
+	have := map[string]bool{}
+	for _, l := range strings.Split(string(out), "\n") {
+		have[l] = true
+	}
+	want := []string{"init", "bin/busybox", "bin/sh", "bin/guestcheck", "dev/console"}
+	for _, m := range g.Env.Modules {
+		want = append(want, "lib/modules/"+m+".ko")
+	}
+	for _, w := range want {
+		if !have[w] {
+			t.Errorf("initramfs lacks %s; has %q", w, out)
+		}
+	}
+}
