@@ -452,6 +452,9 @@ func TestCrashSIGKILL(t *testing.T) {
 		}
 		sc := bufio.NewScanner(out)
 		killAfter := 20000 + round*7777
+		if testing.Short() {
+			killAfter /= 8
+		}
 		n := 0
 		for sc.Scan() {
 			var id NodeID

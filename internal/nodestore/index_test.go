@@ -42,7 +42,11 @@ func indexAdd(t *testing.T, ix *index, h, id uint64) {
 // tombstones) and checks that the streaming rehash keeps every live entry
 // reachable, into a table of the same size and into larger ones.
 func TestRehash(t *testing.T) {
-	for seed := uint64(0); seed < 20; seed++ {
+	seeds := uint64(20)
+	if testing.Short() {
+		seeds = 4
+	}
+	for seed := uint64(0); seed < seeds; seed++ {
 		rng := rand.New(rand.NewPCG(seed, 99))
 		src := tempIndex(t, minIndexBits)
 		n := src.size() * 7 / 10
