@@ -29,7 +29,7 @@ type diskStore struct {
 	mac   *macer
 	gen   uint64
 	cache *cache
-	bufs  sync.Pool // of *[slotSize]byte
+	bufs  sync.Pool // of *slotBuf
 	// isClosed mirrors closed for Get's lock-free cache hits.
 	isClosed atomic.Bool
 
@@ -41,6 +41,9 @@ type diskStore struct {
 	recF     *os.File      // +checklocks:mu
 	ixF      *os.File      // +checklocks:mu
 	recFD    int           // +checklocks:mu
+	extF     *os.File      // +checklocks:mu; overflow slots (records.ext)
+	extFD    int           // +checklocks:mu
+	extNext  uint64        // +checklocks:mu; next overflow slot to append
 	hdr      header        // +checklocks:mu
 	next     NodeID        // +checklocks:mu; next nodeid to hand out
 	allocEnd int64         // +checklocks:mu; records file bytes preallocated
@@ -97,7 +100,7 @@ func open(dir string, opts Options) (*diskStore, error) {
 		keys:  deriveKeys(key),
 		cache: newCache(cacheBytes),
 	}
-	s.bufs.New = func() any { return new([slotSize]byte) }
+	s.bufs.New = func() any { return new(slotBuf) }
 	s.ix.k0 = binary.LittleEndian.Uint64(s.keys.index)
 	s.ix.k1 = binary.LittleEndian.Uint64(s.keys.index[8:])
 	s.ix.fd = -1
@@ -148,6 +151,16 @@ func (s *diskStore) openFiles() error {
 		return err
 	}
 	s.allocEnd = st.Size()
+	s.extF, err = os.OpenFile(filepath.Join(s.dir, extFile), os.O_RDWR|os.O_CREATE|unix.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return err
+	}
+	s.extFD = int(s.extF.Fd())
+	if st, err = s.extF.Stat(); err != nil {
+		return err
+	}
+	// Appended slots only: a torn last slot is skipped, never reused.
+	s.extNext = uint64((st.Size() + extSlotSize - 1) / extSlotSize)
 
 	if b, err := os.ReadFile(filepath.Join(s.dir, mountsFile)); err == nil {
 		if s.mounts, err = decodeMounts(b, s.keys.mounts, s.gen); err != nil {
@@ -302,6 +315,7 @@ func (s *diskStore) rebuildIndexLocked() error {
 	}
 	s.hdr.indexBits = uint32(s.ix.bits)
 	buf := make([]byte, 2048*slotSize)
+	sb := new(slotBuf)
 	var live, bad int
 	for off := int64(0); off < s.allocEnd; off += int64(len(buf)) {
 		b := buf[:min(int64(len(buf)), s.allocEnd-off)]
@@ -314,7 +328,11 @@ func (s *diskStore) rebuildIndexLocked() error {
 				continue
 			}
 			var r Record
-			switch s.mac.decodeSlot(b[i:i+slotSize], id, &r) {
+			copy(sb.main[:], b[i:i+slotSize])
+			if err := s.readExtLocked(sb); err != nil {
+				return err
+			}
+			switch s.mac.decodeSlot(sb, id, &r) {
 			case slotBad:
 				bad++
 				continue
@@ -364,14 +382,18 @@ func (s *diskStore) getLocked(id NodeID) (Record, error) {
 	if id == 0 || id >= s.next {
 		return Record{}, fmt.Errorf("nodeid %d: %w", id, ErrNotFound)
 	}
-	buf := s.bufs.Get().(*[slotSize]byte)
+	buf := s.bufs.Get().(*slotBuf)
 	defer s.bufs.Put(buf)
 	off := int64(id) * slotSize
-	if err := preadFull(s.recFD, buf[:], off); err != nil {
+	err := preadFull(s.recFD, buf.main[:], off)
+	if err == nil {
+		err = s.readExtLocked(buf)
+	}
+	if err != nil {
 		return Record{}, fmt.Errorf("nodestore: read nodeid %d: %w", id, err)
 	}
 	var r Record
-	switch s.mac.decodeSlot(buf[:], id, &r) {
+	switch s.mac.decodeSlot(buf, id, &r) {
 	case slotEmpty:
 		return Record{}, fmt.Errorf("nodeid %d: %w", id, ErrNotFound)
 	case slotBad:
@@ -437,12 +459,12 @@ func (s *diskStore) slotKeyLocked(id NodeID) (inoKey, error) {
 	if r, ok := s.cache.get(id); ok {
 		return inoKey{r.Mount, r.Ino}, nil
 	}
-	buf := s.bufs.Get().(*[slotSize]byte)
+	buf := s.bufs.Get().(*slotBuf)
 	defer s.bufs.Put(buf)
-	if err := preadFull(s.recFD, buf[:], int64(id)*slotSize); err != nil {
+	if err := preadFull(s.recFD, buf.main[:], int64(id)*slotSize); err != nil {
 		return inoKey{}, err
 	}
-	return slotKey(buf[:]), nil
+	return slotKey(buf.main[:]), nil
 }
 
 // indexPutLocked points the index entry for k at id, replacing the entry
@@ -561,12 +583,9 @@ func (s *diskStore) insertLocked(r Record) (NodeID, error) {
 	r = cloneRecord(r)
 	r.ID = s.next
 	s.next++ // from here on, failure skips the nodeid
-	buf := s.bufs.Get().(*[slotSize]byte)
-	defer s.bufs.Put(buf)
-	s.mac.encodeSlot(buf[:], &r)
-	if err := pwriteFull(s.recFD, buf[:], off); err != nil {
+	if err := s.writeRecordLocked(&r); err != nil {
 		s.zeroSlotLocked(r.ID)
-		return 0, fmt.Errorf("write record: %w", err)
+		return 0, err
 	}
 	k := inoKey{r.Mount, r.Ino}
 	if err := s.indexPutLocked(k, r.ID); err != nil {
@@ -576,6 +595,41 @@ func (s *diskStore) insertLocked(r Record) (NodeID, error) {
 	s.cache.putRec(r)
 	s.cache.putIno(k, r.ID)
 	return r.ID, nil
+}
+
+// readExtLocked reads the overflow slot that buf.main names, if any.
+func (s *diskStore) readExtLocked(buf *slotBuf) error {
+	idx, ok := extIndex(buf.main[:])
+	if !ok {
+		return nil
+	}
+	if idx >= s.extNext {
+		clear(buf.ext[:]) // fails the MAC
+		return nil
+	}
+	return preadFull(s.extFD, buf.ext[:], int64(idx)*extSlotSize)
+}
+
+// writeRecordLocked seals r and writes it: first its overflow slot, if it
+// needs one, then its slot, so that a failure leaves the old slot intact.
+func (s *diskStore) writeRecordLocked(r *Record) error {
+	buf := s.bufs.Get().(*slotBuf)
+	defer s.bufs.Put(buf)
+	var idx uint64
+	if needsExt(r) {
+		idx = s.extNext
+		s.extNext++ // a failed write leaks the slot; it is never reused
+	}
+	s.mac.encodeSlot(buf, r, idx)
+	if needsExt(r) {
+		if err := pwriteFull(s.extFD, buf.ext[:], int64(idx)*extSlotSize); err != nil {
+			return fmt.Errorf("write overflow record: %w", err)
+		}
+	}
+	if err := pwriteFull(s.recFD, buf.main[:], int64(r.ID)*slotSize); err != nil {
+		return fmt.Errorf("write record: %w", err)
+	}
+	return nil
 }
 
 // allocLocked makes sure the records file has blocks up to end.
@@ -626,10 +680,7 @@ func (s *diskStore) Update(r Record) error {
 		return fmt.Errorf("nodestore: update: %w", err)
 	}
 	r = cloneRecord(r)
-	buf := s.bufs.Get().(*[slotSize]byte)
-	defer s.bufs.Put(buf)
-	s.mac.encodeSlot(buf[:], &r)
-	if err := pwriteFull(s.recFD, buf[:], int64(r.ID)*slotSize); err != nil {
+	if err := s.writeRecordLocked(&r); err != nil {
 		s.cache.delRec(r.ID)
 		return fmt.Errorf("nodestore: update nodeid %d: %w", r.ID, err)
 	}
@@ -725,6 +776,9 @@ func (s *diskStore) syncLocked() error {
 	if err := unix.Fdatasync(s.recFD); err != nil {
 		return fmt.Errorf("nodestore: sync records: %w", err)
 	}
+	if err := unix.Fdatasync(s.extFD); err != nil {
+		return fmt.Errorf("nodestore: sync overflow records: %w", err)
+	}
 	if err := unix.Fdatasync(s.ix.fd); err != nil {
 		return fmt.Errorf("nodestore: sync index: %w", err)
 	}
@@ -753,7 +807,7 @@ func (s *diskStore) Close() error {
 
 func (s *diskStore) closeFiles() error {
 	var errs []error
-	for _, f := range []*os.File{s.ixF, s.recF, s.metaF} {
+	for _, f := range []*os.File{s.ixF, s.extF, s.recF, s.metaF} {
 		if f != nil {
 			errs = append(errs, f.Close())
 		}

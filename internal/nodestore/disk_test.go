@@ -223,9 +223,11 @@ func expectTampered(t *testing.T, dir string, opts Options, rs []Record, bad map
 }
 
 func TestTamper(t *testing.T) {
+	// rs[4] is "file4" with handle "handle-0-1004": 18 inline bytes.
 	offsets := map[string]int{
-		"state": 0, "mount": offMount, "ino": offIno + 3, "parent": offParent,
-		"id": offID, "name": offName + 1, "handle": offHandle, "padding": offPad + 10, "mac": slotMACOff + 5,
+		"state": 0, "namelen": offNameLen, "flags": offFlags, "mount": offMount, "ino": offIno + 3,
+		"parent": offParent, "id": offID, "name": offInline + 1, "handle": offInline + 5,
+		"padding": offInline + 150, "mac": slotMACOff + 5,
 	}
 	for what, off := range offsets {
 		t.Run(what, func(t *testing.T) {
@@ -235,6 +237,43 @@ func TestTamper(t *testing.T) {
 			expectTampered(t, dir, Options{}, rs, map[NodeID]bool{rs[4].ID: true})
 		})
 	}
+	// Records with long names keep them in an overflow slot.
+	for what, off := range map[string]int{"ext-name": 3, "ext-handle": 250, "ext-padding": 380} {
+		t.Run(what, func(t *testing.T) {
+			dir := t.TempDir()
+			s := openT(t, dir, Options{})
+			var rs []Record
+			for i := range 4 {
+				r := rec(0, uint64(i), 1, strings.Repeat("L", 240+i))
+				var err error
+				if r.ID, err = s.Insert(r); err != nil {
+					t.Fatal(err)
+				}
+				rs = append(rs, r)
+			}
+			s.Close()
+			// Overflow slot 2 belongs to rs[2].
+			flipByte(t, filepath.Join(dir, extFile), 2*extSlotSize+int64(off))
+			expectTampered(t, dir, Options{}, rs, map[NodeID]bool{rs[2].ID: true})
+		})
+	}
+	t.Run("ext-pointer", func(t *testing.T) {
+		// Pointing a record at another record's overflow slot fails too.
+		dir := t.TempDir()
+		s := openT(t, dir, Options{})
+		var rs []Record
+		for i := range 3 {
+			r := rec(0, uint64(i), 1, strings.Repeat("L", 240))
+			r.ID, _ = s.Insert(r)
+			rs = append(rs, r)
+		}
+		s.Close()
+		flipByte(t, filepath.Join(dir, recordsFile), int64(rs[0].ID)*slotSize+offInline) // 0 → 0x40
+		b := readSlot(t, dir, rs[0].ID)
+		b[offInline] = 1 // rs[1]'s overflow slot, same length
+		writeSlot(t, dir, rs[0].ID, b)
+		expectTampered(t, dir, Options{}, rs, map[NodeID]bool{rs[0].ID: true})
+	})
 	t.Run("swap-slots", func(t *testing.T) {
 		// A valid record moved to another nodeid's slot is refused: the
 		// MAC binds it to its nodeid.
@@ -316,7 +355,7 @@ func TestHostCrashRebuild(t *testing.T) {
 	st, _ := os.Stat(ixName)
 	os.Truncate(ixName, 0)
 	os.Truncate(ixName, st.Size())
-	flipByte(t, filepath.Join(dir, recordsFile), int64(rs[7].ID)*slotSize+offName)
+	flipByte(t, filepath.Join(dir, recordsFile), int64(rs[7].ID)*slotSize+offInline)
 	var lb logBuf
 	s := openT(t, dir, Options{Logger: slog.New(slog.NewTextHandler(&lb, nil))})
 	defer s.Close()

@@ -17,11 +17,12 @@ import (
 
 // Files in the state directory.
 const (
-	keyFile     = "key"     // 32-byte master key, mode 0600 (unless Options.Key)
-	metaFile    = "meta"    // two copies of the header; flock'ed while open
-	recordsFile = "records" // fixed-size record slots, slot i = nodeid i
-	mountsFile  = "mounts"  // the mount table, sealed as a whole
-	indexPrefix = "index."  // index.<seq>: the reverse index
+	keyFile     = "key"         // 32-byte master key, mode 0600 (unless Options.Key)
+	metaFile    = "meta"        // two copies of the header; flock'ed while open
+	recordsFile = "records"     // fixed-size record slots, slot i = nodeid i
+	extFile     = "records.ext" // overflow slots for long names and handles
+	mountsFile  = "mounts"      // the mount table, sealed as a whole
+	indexPrefix = "index."      // index.<seq>: the reverse index
 )
 
 const keyLen = 32

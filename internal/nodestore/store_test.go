@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -125,6 +126,38 @@ func TestInsertGet(t *testing.T) {
 		r2.Handle[0] = 'X'
 		if got, _ := s.Get(id2); got.Handle[0] == 'X' {
 			t.Fatal("store kept the caller's handle slice")
+		}
+	})
+}
+
+// TestNameHandleSizes crosses the inline/overflow boundary of the disk
+// slots, on Insert and on Update in both directions.
+func TestNameHandleSizes(t *testing.T) {
+	forEach(t, func(t *testing.T, s Store) {
+		var rs []Record
+		for _, nl := range []int{0, 1, 100, 171, 172, 173, 199, 200, 201, 254, 255} {
+			for _, hl := range []int{0, 28, 128} {
+				if nl == 0 && hl == 0 {
+					continue
+				}
+				r := Record{Mount: 1, Ino: uint64(nl*1000 + hl), Parent: 1, HandleType: int32(hl),
+					Name: strings.Repeat("n", nl), Handle: bytes.Repeat([]byte{byte(nl)}, hl)}
+				var err error
+				if r.ID, err = s.Insert(r); err != nil {
+					t.Fatal(err)
+				}
+				rs = append(rs, r)
+			}
+		}
+		for i, r := range rs {
+			mustGet(t, s, r)
+			// Swap names with another record: crosses the boundary both ways.
+			o := rs[len(rs)-1-i]
+			r.Name, r.Handle = o.Name, o.Handle
+			if err := s.Update(r); err != nil {
+				t.Fatal(err)
+			}
+			mustGet(t, s, r)
 		}
 	})
 }
