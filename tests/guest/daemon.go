@@ -12,18 +12,20 @@ import (
 )
 
 // Daemon describes a vhost-user-fs backend as a command-line template: every
-// argument has "{socket}" replaced by the socket path and "{shared}" by the
-// shared directory.
+// argument has "{socket}" replaced by the socket path, "{shared}" by the
+// shared directory and "{work}" by a private directory of the Run (for
+// state files), which is removed afterwards.
 type Daemon struct {
 	Name string
 	Args []string
 }
 
 // Command returns the argv for sock and shared.
-func (d Daemon) Command(sock, shared string) []string {
+func (d Daemon) Command(sock, shared, work string) []string {
 	out := make([]string, len(d.Args))
 	for i, a := range d.Args {
 		a = strings.ReplaceAll(a, "{socket}", sock)
+		a = strings.ReplaceAll(a, "{work}", work)
 		out[i] = strings.ReplaceAll(a, "{shared}", shared)
 	}
 	return out
@@ -45,9 +47,11 @@ func RustVirtiofsd(env *Env, name string, extra ...string) Daemon {
 	return Daemon{Name: name, Args: append(args, extra...)}
 }
 
-// Govirtiofsd is govirtiofsd's vhost-user mode, binary at bin.
+// Govirtiofsd is govirtiofsd's vhost-user mode, binary at bin, with its
+// persistent node table in the Run's private directory (not the default
+// under /var/lib/govirtiofsd).
 func Govirtiofsd(bin string, extra ...string) Daemon {
-	args := []string{bin, "--shared-dir", "{shared}", "--socket-path", "{socket}"}
+	args := []string{bin, "--shared-dir", "{shared}", "--socket-path", "{socket}", "--state-dir", "{work}/state"}
 	return Daemon{Name: "govirtiofsd", Args: append(args, extra...)}
 }
 
@@ -59,8 +63,8 @@ type runningDaemon struct {
 	log  string        // path of its stdout+stderr
 }
 
-func startDaemon(d Daemon, sock, shared, logPath string) (*runningDaemon, error) {
-	argv := d.Command(sock, shared)
+func startDaemon(d Daemon, sock, shared, work, logPath string) (*runningDaemon, error) {
+	argv := d.Command(sock, shared, work)
 	lf, err := os.Create(logPath)
 	if err != nil {
 		return nil, err

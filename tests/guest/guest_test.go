@@ -3,10 +3,8 @@ package guest
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -103,67 +101,36 @@ func expect(t *testing.T, rep *Report, check string, st checks.Status, contains 
 	}
 }
 
-// posixtestOnHost runs every posixtest case on a host directory of the
-// machine's own file system with the same guestcheck program: the baseline
-// a daemon passing the guest's requests through cannot beat. (Notably
-// FcntlFlockLocksFile fails natively: POSIX record locks of one process
-// never conflict with each other.)
-var (
-	nativeOnce sync.Once
-	native     map[string]checks.Status
-	nativeErr  error
-)
-
-func posixtestOnHost(t *testing.T) map[string]checks.Status {
-	t.Helper()
-	nativeOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "posixtest-native-")
-		if err != nil {
-			nativeErr = err
-			return
-		}
-		defer os.RemoveAll(dir)
-		testGuest(t)
-		out, err := exec.Command(filepath.Join(guestDir, "guestcheck"), "posixtest", dir).Output()
-		if err != nil {
-			nativeErr = fmt.Errorf("guestcheck posixtest on the host: %v", err)
-			return
-		}
-		native = map[string]checks.Status{}
-		for _, l := range strings.Split(string(out), "\n") {
-			if r, ok := checks.ParseResult(l); ok {
-				native[strings.TrimPrefix(r.Check, "posixtest/")] = r.Status
-			}
-		}
-	})
-	if nativeErr != nil {
-		t.Fatal(nativeErr)
-	}
-	return native
-}
+// posixtestUnasserted are posixtest cases whose outcome says nothing about
+// the daemon: FcntlFlockLocksFile expects two fds of one process to conflict
+// over a POSIX record lock, which no Linux file system does (it fails on the
+// host's own ext4 too). It is still reported.
+var posixtestUnasserted = map[string]bool{"FcntlFlockLocksFile": true}
 
 // Posixtest cases the peers skip: O_TMPFILE is not implemented by either,
 // and xattrs are off by default in both.
 var peerPosixtestSkips = map[string]bool{"Tmpfile": true, "XAttr": true, "XAttrLarge": true}
 
-// checkPeerPosixtest asserts that every posixtest case ran in the guest and
-// that the peer passes every case the host file system passes, except the
-// skips above.
-func checkPeerPosixtest(t *testing.T, rep *Report) {
+// checkPosixtest asserts that every posixtest case ran in the guest and
+// passed, except the skips and posixtestUnasserted. (OpenSymlinkRace can fail
+// on the host's own file system, where nothing stops the race; through a
+// FUSE server that opens with O_NOFOLLOW it must pass.)
+func checkPosixtest(t *testing.T, rep *Report, skips map[string]bool) {
 	t.Helper()
 	got := rep.Posixtest()
-	host := posixtestOnHost(t)
 	if len(got) != len(posixtest.All) {
 		t.Errorf("%s: %d posixtest results, want %d", rep.Daemon, len(got), len(posixtest.All))
 	}
 	for name := range posixtest.All {
-		r, ok := got[name]
-		want := host[name]
-		if peerPosixtestSkips[name] {
+		if posixtestUnasserted[name] {
+			continue
+		}
+		want := checks.Pass
+		if skips[name] {
 			want = checks.Skip
 		}
-		if !ok || r.Status != want {
-			t.Errorf("%s: posixtest/%s = %v %q, want %s (host: %s)", rep.Daemon, name, r.Status, r.Detail, want, host[name])
+		if r, ok := got[name]; !ok || r.Status != want {
+			t.Errorf("%s: posixtest/%s = %v %q, want %s", rep.Daemon, name, r.Status, r.Detail, want)
 		}
 	}
 }
@@ -174,7 +141,7 @@ func TestCVirtiofsd(t *testing.T) {
 	g := testGuest(t)
 	rep := runGuest(t, CVirtiofsd(g.Env, "c"), AllChecks...)
 	expect(t, rep, "mount", checks.Pass, "")
-	checkPeerPosixtest(t, rep)
+	checkPosixtest(t, rep, peerPosixtestSkips)
 	// The two tmpfs files look like one file to the guest.
 	expect(t, rep, "identity", checks.Fail, "share (st_dev, st_ino)")
 	expect(t, rep, "identity-dino", checks.Pass, "")
@@ -200,7 +167,7 @@ func TestRustVirtiofsd(t *testing.T) {
 	g := testGuest(t)
 	rep := runGuest(t, RustVirtiofsd(g.Env, "rust", "--inode-file-handles=never"), AllChecks...)
 	expect(t, rep, "mount", checks.Pass, "")
-	checkPeerPosixtest(t, rep)
+	checkPosixtest(t, rep, peerPosixtestSkips)
 	// Announced submounts: the guest gives each tmpfs its own st_dev.
 	expect(t, rep, "identity", checks.Pass, "")
 	expect(t, rep, "identity-dino", checks.Pass, "")

@@ -176,12 +176,16 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	}
 	sock := filepath.Join(work, "vhost-fs.sock")
 	daemonLog := filepath.Join(work, "daemon.log")
-	d, err := startDaemon(o.Daemon, sock, shared, daemonLog)
+	dwork := filepath.Join(work, "daemon")
+	if err := os.MkdirAll(dwork, 0o700); err != nil {
+		return nil, err
+	}
+	d, err := startDaemon(o.Daemon, sock, shared, dwork, daemonLog)
 	if err != nil {
 		return nil, err
 	}
 	defer d.stop()
-	logf("%s started (pid %d): %s", o.Daemon.Name, d.cmd.Process.Pid, strings.Join(o.Daemon.Command(sock, shared), " "))
+	logf("%s started (pid %d): %s", o.Daemon.Name, d.cmd.Process.Pid, strings.Join(o.Daemon.Command(sock, shared, dwork), " "))
 
 	rep := &Report{Daemon: o.Daemon.Name}
 	var console strings.Builder
