@@ -245,8 +245,11 @@ func (fs *FS) node(id uint64) (*inode.Node, fuse.Status) {
 
 // checkName validates a single path component from the wire.
 func checkName(name string) fuse.Status {
-	if name == "" || len(name) > 255 || strings.ContainsAny(name, "/\x00") {
+	if name == "" || strings.ContainsAny(name, "/\x00") {
 		return fuse.EINVAL
+	}
+	if len(name) > 255 {
+		return fuse.Status(unix.ENAMETOOLONG)
 	}
 	return fuse.OK
 }
