@@ -36,20 +36,24 @@ type diskStore struct {
 	// mu: readers (Get, ByIno, Mounts, Sync) hold it shared, writers
 	// exclusively. It also orders cache fills against writes (see cache).
 	mu       sync.RWMutex
-	closed   bool          // +checklocks:mu
-	metaF    *os.File      // +checklocks:mu
-	recF     *os.File      // +checklocks:mu
-	ixF      *os.File      // +checklocks:mu
-	recFD    int           // +checklocks:mu
-	extF     *os.File      // +checklocks:mu; overflow slots (records.ext)
-	extFD    int           // +checklocks:mu
-	extNext  uint64        // +checklocks:mu; next overflow slot to append
-	hdr      header        // +checklocks:mu
-	next     NodeID        // +checklocks:mu; next nodeid to hand out
-	allocEnd int64         // +checklocks:mu; records file bytes preallocated
-	noFalloc bool          // +checklocks:mu; the fs refused fallocate
-	ix       index         // +checklocks:mu
-	mounts   []MountRecord // +checklocks:mu
+	closed   bool       // +checklocks:mu
+	metaF    *os.File   // +checklocks:mu
+	recF     *os.File   // +checklocks:mu
+	ixF      *os.File   // +checklocks:mu
+	recFD    int        // +checklocks:mu
+	extF     *os.File   // +checklocks:mu; overflow slots (records.ext)
+	extFD    int        // +checklocks:mu
+	extNext  uint64     // +checklocks:mu; next overflow slot to append
+	hdr      header     // +checklocks:mu
+	next     NodeID     // +checklocks:mu; next nodeid to hand out
+	allocEnd int64      // +checklocks:mu; records file bytes preallocated
+	noFalloc bool       // +checklocks:mu; the fs refused fallocate
+	ix       index      // +checklocks:mu; the current table
+	mig      *migration // +checklocks:mu; non-nil while ix grows (see grow.go)
+	migStep  uint64     // entries a write migrates, migrateStep but in tests
+	// Test counter: inserts that had to finish a migration early.
+	migFinishEarly int           // +checklocks:mu
+	mounts         []MountRecord // +checklocks:mu
 }
 
 const (
@@ -95,10 +99,11 @@ func open(dir string, opts Options) (*diskStore, error) {
 		cacheBytes = defaultCacheBytes
 	}
 	s := &diskStore{
-		dir:   dir,
-		log:   logger.With("store", dir),
-		keys:  deriveKeys(key),
-		cache: newCache(cacheBytes),
+		dir:     dir,
+		log:     logger.With("store", dir),
+		keys:    deriveKeys(key),
+		cache:   newCache(cacheBytes),
+		migStep: migrateStep,
 	}
 	s.bufs.New = func() any { return new(slotBuf) }
 	s.ix.k0 = binary.LittleEndian.Uint64(s.keys.index)
@@ -181,10 +186,14 @@ func (s *diskStore) openFiles() error {
 		s.ixF, err = os.OpenFile(ixPath, os.O_RDWR|unix.O_NOFOLLOW, 0)
 		if err == nil {
 			s.ix.fd, s.ix.bits = int(s.ixF.Fd()), uint(hdr.indexBits)
-			if st, err := s.ixF.Stat(); err != nil || st.Size() != int64(s.ix.size()*entrySize) {
+			if st, err := s.ixF.Stat(); err != nil || st.Size() != int64(s.ix.size()*entrySize+trailerSize) {
 				rebuild = "index file has the wrong size"
 			} else if err := s.ix.count(); err != nil {
 				return err
+			} else if hdr.migSeq != 0 {
+				if err := s.resumeMigration(); err != nil {
+					rebuild = "cannot resume growing the index: " + err.Error()
+				}
 			}
 		} else if errors.Is(err, os.ErrNotExist) {
 			rebuild = "index file is missing"
@@ -239,7 +248,7 @@ func (s *diskStore) newIndexFile(seq uint64, bits uint) (*os.File, int, error) {
 		return nil, -1, err
 	}
 	fd := int(f.Fd())
-	size := int64(1<<bits) * entrySize
+	size := int64(1<<bits)*entrySize + trailerSize
 	// Allocate the whole table now: index writes then never hit ENOSPC.
 	err = unix.Fallocate(fd, 0, 0, size)
 	if errors.Is(err, unix.EOPNOTSUPP) {
@@ -257,54 +266,23 @@ func (s *diskStore) newIndexFile(seq uint64, bits uint) (*os.File, int, error) {
 func (s *diskStore) removeStaleIndexes() {
 	ents, _ := os.ReadDir(s.dir)
 	cur := indexPrefix + strconv.FormatUint(s.hdr.indexSeq, 10)
+	mig := indexPrefix + strconv.FormatUint(s.hdr.migSeq, 10)
 	for _, e := range ents {
-		if strings.HasPrefix(e.Name(), indexPrefix) && e.Name() != cur {
+		if strings.HasPrefix(e.Name(), indexPrefix) && e.Name() != cur && (s.hdr.migSeq == 0 || e.Name() != mig) {
 			os.Remove(filepath.Join(s.dir, e.Name()))
 		}
 	}
-}
-
-// growIndexLocked moves the index into a new file of the right size for
-// its live entries, dropping tombstones.
-func (s *diskStore) growIndexLocked() error {
-	bits := max(s.ix.bits, bitsFor(s.ix.live))
-	if bits == s.ix.bits && s.ix.tombs < s.ix.size()/8 {
-		bits++
-	}
-	seq := s.hdr.indexSeq + 1
-	f, fd, err := s.newIndexFile(seq, bits)
-	if err != nil {
-		return err
-	}
-	dst := index{fd: fd, bits: bits, k0: s.ix.k0, k1: s.ix.k1}
-	fail := func(err error) error {
-		f.Close()
-		os.Remove(f.Name())
-		return err
-	}
-	if err := s.ix.rehashInto(&dst); err != nil {
-		return fail(err)
-	}
-	// No fdatasync of the new table: after a host crash the index is
-	// rebuilt from the records anyway (see openFiles), and after a clean
-	// Close it has been synced.
-	oldSeq, oldBits := s.hdr.indexSeq, s.hdr.indexBits
-	s.hdr.indexSeq, s.hdr.indexBits = seq, uint32(bits)
-	if err := writeHeader(int(s.metaF.Fd()), &s.hdr, s.keys.header, true); err != nil {
-		s.hdr.indexSeq, s.hdr.indexBits = oldSeq, oldBits
-		return fail(err)
-	}
-	old := s.ixF
-	s.ixF, s.ix = f, dst
-	old.Close()
-	os.Remove(old.Name())
-	return nil
 }
 
 // rebuildIndexLocked recreates the index from the records file: used when
 // the index is missing or may be stale after a host crash.
 func (s *diskStore) rebuildIndexLocked() error {
 	slots := uint64(s.allocEnd / slotSize)
+	if s.mig != nil {
+		s.mig.oldF.Close()
+		s.mig = nil
+	}
+	s.hdr.migSeq, s.hdr.migBits = 0, 0
 	if s.ixF != nil {
 		s.ixF.Close()
 		s.ixF = nil
@@ -420,10 +398,10 @@ func (s *diskStore) byInoLocked(k inoKey) (Record, error) {
 			return r, nil
 		}
 	}
-	h := s.ix.hash(k)
+	ix, h := s.route(k)
 	var res Record
 	var lastErr error
-	_, found, err := s.ix.probe(h, func(_, eh, eid uint64) bool {
+	_, found, err := ix.probe(h, func(_, eh, eid uint64) bool {
 		if eh != h || eid == tombID {
 			return false
 		}
@@ -471,10 +449,10 @@ func (s *diskStore) slotKeyLocked(id NodeID) (inoKey, error) {
 // of an older record with the same key. Needs s.mu held exclusively and
 // room in the index.
 func (s *diskStore) indexPutLocked(k inoKey, id NodeID) error {
-	h := s.ix.hash(k)
+	ix, h := s.route(k)
 	tomb := int64(-1)
 	var kerr error
-	pos, found, err := s.ix.probe(h, func(pos, eh, eid uint64) bool {
+	pos, found, err := ix.probe(h, func(pos, eh, eid uint64) bool {
 		if eid == tombID {
 			if tomb < 0 {
 				tomb = int64(pos)
@@ -497,28 +475,41 @@ func (s *diskStore) indexPutLocked(k inoKey, id NodeID) error {
 	if err != nil {
 		return err
 	}
+	if !found && tomb >= 0 {
+		pos = uint64(tomb)
+	}
+	if m := s.mig; m != nil && ix == &m.old {
+		n := m.old.size()
+		if m.vhome(h)+((pos-m.old.home(h))&(n-1)) >= m.e+n {
+			// The probe wrapped into buckets already migrated.
+			s.migFinishEarly++
+			if err := s.finishMigrationLocked(); err != nil {
+				return err
+			}
+			return s.indexPutLocked(k, id)
+		}
+	}
 	if !found {
 		if tomb >= 0 {
-			pos = uint64(tomb)
-			s.ix.tombs--
+			ix.tombs--
 		}
-		s.ix.live++
+		ix.live++
 	}
-	return s.ix.write(pos, h, uint64(id))
+	return ix.write(pos, h, uint64(id))
 }
 
 // indexDelLocked removes the entry k → id, if the index has it.
 func (s *diskStore) indexDelLocked(k inoKey, id NodeID) error {
-	h := s.ix.hash(k)
-	pos, found, err := s.ix.probe(h, func(_, eh, eid uint64) bool {
+	ix, h := s.route(k)
+	pos, found, err := ix.probe(h, func(_, eh, eid uint64) bool {
 		return eh == h && eid == uint64(id)
 	})
 	if err != nil || !found {
 		return err
 	}
-	s.ix.live--
-	s.ix.tombs++
-	return s.ix.write(pos, h, tombID)
+	ix.live--
+	ix.tombs++
+	return ix.write(pos, h, tombID)
 }
 
 func (s *diskStore) Insert(r Record) (NodeID, error) {
@@ -563,10 +554,8 @@ func (s *diskStore) LookupOrInsert(r Record) (Record, bool, error) {
 func (s *diskStore) insertLocked(r Record) (NodeID, error) {
 	// Make room first, so that a failure (ENOSPC above all) leaves
 	// nothing half done.
-	if s.ix.needsGrow() {
-		if err := s.growIndexLocked(); err != nil {
-			return 0, fmt.Errorf("grow reverse index: %w", err)
-		}
+	if err := s.maintainIndexLocked(s.migStep); err != nil {
+		return 0, err
 	}
 	if s.next >= s.hdr.reserved {
 		old := s.hdr.reserved
@@ -693,10 +682,8 @@ func (s *diskStore) Update(r Record) error {
 		}
 	}
 	if tampered || oldK != newK {
-		if s.ix.needsGrow() {
-			if err := s.growIndexLocked(); err != nil {
-				return fmt.Errorf("nodestore: update nodeid %d: %w", r.ID, err)
-			}
+		if err := s.maintainIndexLocked(s.migStep); err != nil {
+			return fmt.Errorf("nodestore: update nodeid %d: %w", r.ID, err)
 		}
 		if err := s.indexPutLocked(newK, r.ID); err != nil {
 			return fmt.Errorf("nodestore: update nodeid %d: %w", r.ID, err)
@@ -716,6 +703,11 @@ func (s *diskStore) Delete(id NodeID) error {
 	tampered := errors.Is(err, ErrTampered)
 	if err != nil && !tampered {
 		return fmt.Errorf("nodestore: delete: %w", err)
+	}
+	if s.mig != nil {
+		if err := s.stepMigrationLocked(s.migStep); err != nil {
+			return fmt.Errorf("nodestore: delete nodeid %d: %w", id, err)
+		}
 	}
 	var zero [slotSize]byte
 	if err := pwriteFull(s.recFD, zero[:], int64(id)*slotSize); err != nil {
@@ -782,6 +774,11 @@ func (s *diskStore) syncLocked() error {
 	if err := unix.Fdatasync(s.ix.fd); err != nil {
 		return fmt.Errorf("nodestore: sync index: %w", err)
 	}
+	if s.mig != nil {
+		if err := unix.Fdatasync(s.mig.old.fd); err != nil {
+			return fmt.Errorf("nodestore: sync old index: %w", err)
+		}
+	}
 	return nil
 }
 
@@ -807,6 +804,9 @@ func (s *diskStore) Close() error {
 
 func (s *diskStore) closeFiles() error {
 	var errs []error
+	if s.mig != nil {
+		errs = append(errs, s.mig.oldF.Close())
+	}
 	for _, f := range []*os.File{s.ixF, s.extF, s.recF, s.metaF} {
 		if f != nil {
 			errs = append(errs, f.Close())

@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"slices"
 
 	"golang.org/x/sys/unix"
 )
@@ -141,91 +140,6 @@ func (ix *index) count() error {
 	return nil
 }
 
-// rehashInto streams every live entry of ix into dst, an empty table with
-// dst.bits ≥ ix.bits and the same hash key, with sequential reads and
-// writes: O(size) I/O and O(1) memory besides one probe cluster.
-//
-// Why it works: start right after an empty bucket e, so no probe chain
-// crosses the start. Then clusters (runs between empty buckets) come in
-// bucket order, and sorting each cluster by hash puts all entries in hash
-// order — except those whose home lies before e, which wrapped around and
-// are given a "virtual" home one table length further on. Re-inserting in
-// that order with linear probing only ever writes at increasing virtual
-// positions.
-func (ix *index) rehashInto(dst *index) error {
-	n := ix.size()
-	shift := dst.bits - ix.bits
-	// Find an empty bucket.
-	e, found, err := ix.firstEmpty()
-	if err != nil {
-		return err
-	}
-	if !found {
-		return errors.New("index: no empty bucket")
-	}
-	N := dst.size()
-	startNew := e << shift
-	w := newIndexWriter(dst.fd)
-	last := int64(-1) // last virtual position written
-	type ent struct{ vh, h, id uint64 }
-	var cluster []ent
-	flush := func() error {
-		slices.SortFunc(cluster, func(a, b ent) int {
-			switch {
-			case a.vh < b.vh:
-				return -1
-			case a.vh > b.vh:
-				return 1
-			}
-			return 0
-		})
-		for _, c := range cluster {
-			vpos := max(int64(c.vh), last+1)
-			if uint64(vpos) >= startNew+N {
-				return errors.New("index: rehash overflow")
-			}
-			if err := w.put(uint64(vpos)&(N-1), c.h, c.id); err != nil {
-				return err
-			}
-			last = vpos
-		}
-		cluster = cluster[:0]
-		return nil
-	}
-	buf := make([]byte, 1<<16)
-	for done := uint64(0); done < n; {
-		pos := (e + done) & (n - 1)
-		cnt := min(uint64(len(buf))/entrySize, n-pos, n-done)
-		b := buf[:cnt*entrySize]
-		if err := preadFull(ix.fd, b, int64(pos*entrySize)); err != nil {
-			return fmt.Errorf("read index: %w", err)
-		}
-		for i := uint64(0); i < cnt; i++ {
-			h := binary.LittleEndian.Uint64(b[i*entrySize:])
-			id := binary.LittleEndian.Uint64(b[i*entrySize+8:])
-			switch id {
-			case 0:
-				if err := flush(); err != nil {
-					return err
-				}
-			case tombID:
-			default:
-				vh := dst.home(h)
-				if vh < startNew {
-					vh += N
-				}
-				cluster = append(cluster, ent{vh, h, id})
-				dst.live++
-			}
-		}
-		done += cnt
-	}
-	if err := flush(); err != nil {
-		return err
-	}
-	return w.flush()
-}
-
 func (ix *index) firstEmpty() (uint64, bool, error) {
 	buf := make([]byte, 1<<16)
 	total := ix.size() * entrySize
@@ -241,47 +155,6 @@ func (ix *index) firstEmpty() (uint64, bool, error) {
 		}
 	}
 	return 0, false, nil
-}
-
-// indexWriter buffers writes at increasing positions (with at most one
-// wrap to the start) of a fresh, zeroed table.
-type indexWriter struct {
-	fd   int
-	buf  []byte
-	base uint64 // position of buf[0]
-	hi   int    // bytes of buf in use
-}
-
-const writerEntries = 4096
-
-func newIndexWriter(fd int) *indexWriter {
-	return &indexWriter{fd: fd, buf: make([]byte, writerEntries*entrySize)}
-}
-
-func (w *indexWriter) put(pos, h, id uint64) error {
-	if w.hi == 0 || pos < w.base || pos >= w.base+writerEntries {
-		if err := w.flush(); err != nil {
-			return err
-		}
-		w.base = pos &^ (writerEntries - 1)
-		clear(w.buf)
-	}
-	off := int(pos-w.base) * entrySize
-	binary.LittleEndian.PutUint64(w.buf[off:], h)
-	binary.LittleEndian.PutUint64(w.buf[off+8:], id)
-	w.hi = max(w.hi, off+entrySize)
-	return nil
-}
-
-func (w *indexWriter) flush() error {
-	if w.hi == 0 {
-		return nil
-	}
-	if err := pwriteFull(w.fd, w.buf[:w.hi], int64(w.base*entrySize)); err != nil {
-		return fmt.Errorf("write index: %w", err)
-	}
-	w.hi = 0
-	return nil
 }
 
 func preadFull(fd int, b []byte, off int64) error {

@@ -121,7 +121,9 @@ func syncDir(dir string) error {
 //	48 indexBits u32
 //	52 flags u32         flagOpen: a process has the store open
 //	56 bootID [16]       /proc/sys/kernel/random/boot_id of that process
-//	72 zero
+//	72 migSeq u64        while the index grows: the old table is index.<migSeq>
+//	80 migBits u32
+//	84 zero
 //	96 MAC [16]          HMAC-SHA256(headerKey, bytes 0..96)[:16]
 type header struct {
 	seq        uint64
@@ -131,6 +133,8 @@ type header struct {
 	indexBits  uint32
 	flags      uint32
 	bootID     [16]byte
+	migSeq     uint64
+	migBits    uint32
 }
 
 const (
@@ -157,6 +161,8 @@ func (h *header) encode(key []byte) []byte {
 	le.PutUint32(b[48:], h.indexBits)
 	le.PutUint32(b[52:], h.flags)
 	copy(b[56:72], h.bootID[:])
+	le.PutUint64(b[72:], h.migSeq)
+	le.PutUint32(b[80:], h.migBits)
 	m := hmac.New(sha256.New, key)
 	m.Write(b[:headerMACOff])
 	copy(b[headerMACOff:], m.Sum(nil))
@@ -187,6 +193,8 @@ func decodeHeader(b []byte, key []byte) (header, error) {
 	h.indexBits = le.Uint32(b[48:])
 	h.flags = le.Uint32(b[52:])
 	copy(h.bootID[:], b[56:72])
+	h.migSeq = le.Uint64(b[72:])
+	h.migBits = le.Uint32(b[80:])
 	if h.generation == 0 || h.indexBits < minIndexBits || h.indexBits > 40 {
 		return h, errors.New("invalid fields")
 	}

@@ -1,0 +1,121 @@
+package nodestore
+
+import (
+	"errors"
+	"math/rand/v2"
+	"os"
+	"strconv"
+	"testing"
+)
+
+// TestMigration runs random inserts, deletes, key-changing updates and
+// lookups against a model while the index grows one entry per write, so
+// that every operation meets a half-migrated index; it closes and reopens
+// the store in the middle of migrations (resume) and checks every key.
+func TestMigration(t *testing.T) {
+	n := 60000
+	if testing.Short() {
+		n = 15000
+	}
+	dir := t.TempDir()
+	open := func() *diskStore {
+		ds, err := open(dir, Options{Logger: quietLogger(), CacheBytes: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ds.migStep = 1
+		return ds
+	}
+	ds := open()
+	model := map[inoKey]NodeID{} // newest id per key
+	keyOf := map[NodeID]inoKey{}
+	var ids []NodeID
+	seed, _ := strconv.ParseUint(os.Getenv("NODESTORE_SEED"), 10, 64)
+	rng := rand.New(rand.NewPCG(7, 7+seed))
+	var reopens, grows, early, migOps int
+	randKey := func() inoKey { return inoKey{uint32(rng.IntN(3)), rng.Uint64N(1 << 40)} }
+	check := func(k inoKey) {
+		t.Helper()
+		got, err := ds.ByIno(k.mount, k.ino)
+		want, ok := model[k]
+		if !ok {
+			if !errors.Is(err, ErrNotFound) {
+				t.Fatalf("ByIno(%v) = %+v %v, want not found", k, got, err)
+			}
+			return
+		}
+		if err != nil || got.ID != want {
+			t.Fatalf("ByIno(%v) = %d %v, want %d (migrating %v)", k, got.ID, err, want, ds.mig != nil)
+		}
+	}
+	for i := 0; i < n; i++ {
+		wasMig := ds.mig != nil
+		switch op := rng.IntN(10); {
+		case op < 6 || len(ids) == 0:
+			k := randKey()
+			if len(ids) > 0 && rng.IntN(8) == 0 {
+				k = keyOf[ids[rng.IntN(len(ids))]] // host ino reuse: take over the key
+			}
+			id, err := ds.Insert(Record{Mount: k.mount, Ino: k.ino, Name: "x"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			model[k], keyOf[id] = id, k
+			ids = append(ids, id)
+		case op < 8:
+			j := rng.IntN(len(ids))
+			id := ids[j]
+			ids[j] = ids[len(ids)-1]
+			ids = ids[:len(ids)-1]
+			if err := ds.Delete(id); err != nil {
+				t.Fatal(err)
+			}
+			if k := keyOf[id]; model[k] == id {
+				delete(model, k)
+			}
+			delete(keyOf, id)
+		default:
+			id := ids[rng.IntN(len(ids))]
+			k := randKey()
+			if err := ds.Update(Record{ID: id, Mount: k.mount, Ino: k.ino, Name: "y"}); err != nil {
+				t.Fatal(err)
+			}
+			if old := keyOf[id]; model[old] == id {
+				delete(model, old)
+			}
+			model[k], keyOf[id] = id, k
+		}
+		if !wasMig && ds.mig != nil {
+			grows++
+		}
+		for range 3 {
+			check(randKey())
+			if len(ids) > 0 {
+				check(keyOf[ids[rng.IntN(len(ids))]])
+			}
+		}
+		if ds.mig != nil {
+			migOps++
+		}
+		if ds.mig != nil && migOps%1000 == 300 {
+			early += ds.migFinishEarly
+			if err := ds.Close(); err != nil {
+				t.Fatal(err)
+			}
+			ds = open()
+			if ds.mig == nil {
+				t.Fatal("migration not resumed after reopen")
+			}
+			reopens++
+		}
+	}
+	for k := range model {
+		check(k)
+	}
+	early += ds.migFinishEarly
+	ds.Close()
+	t.Logf("%d ops, %d grows, %d reopens mid-migration, %d inserts finished a migration early", n, grows, reopens, early)
+	if grows < 3 || reopens == 0 {
+		t.Fatalf("test did not exercise migrations: %d grows, %d reopens", grows, reopens)
+	}
+}
