@@ -33,6 +33,9 @@ type diskStore struct {
 	// isClosed mirrors closed for Get's lock-free cache hits.
 	isClosed atomic.Bool
 
+	reportMu sync.Mutex          // a leaf lock
+	reported map[NodeID]struct{} // +checklocks:reportMu; tampered nodeids logged
+
 	// mu: readers (Get, ByIno, Mounts, Sync) hold it shared, writers
 	// exclusively. It also orders cache fills against writes (see cache).
 	mu       sync.RWMutex
@@ -99,11 +102,12 @@ func open(dir string, opts Options) (*diskStore, error) {
 		cacheBytes = defaultCacheBytes
 	}
 	s := &diskStore{
-		dir:     dir,
-		log:     logger.With("store", dir),
-		keys:    deriveKeys(key),
-		cache:   newCache(cacheBytes),
-		migStep: migrateStep,
+		dir:      dir,
+		log:      logger.With("store", dir),
+		keys:     deriveKeys(key),
+		cache:    newCache(cacheBytes),
+		migStep:  migrateStep,
+		reported: make(map[NodeID]struct{}),
 	}
 	s.bufs.New = func() any { return new(slotBuf) }
 	s.ix.k0 = binary.LittleEndian.Uint64(s.keys.index)
@@ -375,13 +379,33 @@ func (s *diskStore) getLocked(id NodeID) (Record, error) {
 	case slotEmpty:
 		return Record{}, fmt.Errorf("nodeid %d: %w", id, ErrNotFound)
 	case slotBad:
-		s.log.Error("nodestore: record fails its MAC: tampered, torn by a host crash, or copied from another store; refusing it",
-			"nodeid", uint64(id), "file", filepath.Join(s.dir, recordsFile), "offset", off)
+		s.reportTampered(id, off)
 		return Record{}, fmt.Errorf("nodeid %d: %w", id, ErrTampered)
 	}
 	s.cache.putRec(r)
 	return r, nil
 }
+
+// reportTampered logs a record that failed its MAC, once per nodeid (up to
+// maxReported nodeids at a time), so that a guest repeating a lookup
+// cannot flood the log.
+func (s *diskStore) reportTampered(id NodeID, off int64) {
+	s.reportMu.Lock()
+	_, seen := s.reported[id]
+	if !seen {
+		if len(s.reported) >= maxReported {
+			clear(s.reported)
+		}
+		s.reported[id] = struct{}{}
+	}
+	s.reportMu.Unlock()
+	if !seen {
+		s.log.Error("nodestore: record fails its MAC: tampered, torn by a host crash, or copied from another store; refusing it",
+			"nodeid", uint64(id), "file", filepath.Join(s.dir, recordsFile), "offset", off)
+	}
+}
+
+const maxReported = 4096
 
 func (s *diskStore) ByIno(mount uint32, ino uint64) (Record, error) {
 	s.mu.RLock()

@@ -216,8 +216,14 @@ func expectTampered(t *testing.T, dir string, opts Options, rs []Record, bad map
 		}
 	}
 	for id := range bad {
-		if want := fmt.Sprintf("nodeid=%d", id); !strings.Contains(lb.String(), want) || !strings.Contains(lb.String(), "fails its MAC") {
+		want := fmt.Sprintf("nodeid=%d ", id)
+		if !strings.Contains(lb.String(), want) || !strings.Contains(lb.String(), "fails its MAC") {
 			t.Fatalf("no clear log line for %s:\n%s", want, lb.String())
+		}
+		// Logged once, however often it is asked for.
+		s.Get(id)
+		if c := strings.Count(lb.String(), want); c != 1 {
+			t.Fatalf("%d log lines for %s:\n%s", c, want, lb.String())
 		}
 	}
 }
