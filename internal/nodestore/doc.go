@@ -22,19 +22,21 @@
 //
 // # On-disk layout (Open)
 //
-//	key       32 random bytes, mode 0600 (unless Options.Key is given)
-//	meta      header, two copies 4 KiB apart (see header); flock'ed while open
-//	records   fixed 512-byte slots, slot i = nodeid i: Get is one pread
-//	index.N   reverse index, an open-addressing hash table (see index)
-//	mounts    the mount table, rewritten whole and atomically on change
+//	key          32 random bytes, mode 0600 (unless Options.Key is given)
+//	meta         header, two copies 4 KiB apart (see header); flock'ed while open
+//	records      fixed 256-byte slots, slot i = nodeid i: Get is one pread
+//	records.ext  384-byte overflow slots for name+handle > 200 bytes (rare)
+//	index.N      reverse index, an open-addressing hash table (see index, grow.go)
+//	mounts       the mount table, rewritten whole and atomically on change
 //
 // The files are read and written with pread/pwrite, never mmap: pages in
 // the page cache do not count towards the process's RSS, while touched
 // pages of a mapping do. Process memory is the cache (Options.CacheBytes,
-// fixed arrays allocated at Open) plus small per-call buffers. Measured
-// with 1M records (24-byte handles, ~25-byte names): RSS +15.5 MiB over the
-// empty store, HeapInuse 14 MiB; on disk 553 MiB (512 MiB of slots, the
-// index at 2^22 entries × 16 bytes).
+// fixed arrays allocated at Open, see cache) plus small per-call buffers;
+// nothing in Go memory grows with the number of records. Measured with 1M
+// records (24-byte handles, ~25-byte names) and the default 8 MiB cache:
+// RSS +15–17 MiB over the empty store (HeapInuse 14 MiB), on disk 277 MiB
+// (244 MiB of slots, the index at 2^21 entries × 16 bytes = 32 MiB).
 //
 // # Sealing
 //
@@ -52,11 +54,13 @@
 //
 // Why HMAC-SHA256: it is in the standard library, has no nonce to manage
 // (records are rewritten in place by Update, so a nonce-based MAC like
-// GMAC would need a per-slot counter and fail badly on reuse), and with
-// SHA-NI it costs 340 ns per record (BenchmarkMAC: fixed fields + a
-// 25-byte name + 24-byte handle, 3 SHA-256 blocks, 0 allocations) — under
-// 2% of a 20–50 µs FUSE LOOKUP, and paid only on cache misses and writes.
-// 16 bytes keep forgery at 2^-128 per try.
+// GMAC would need a per-slot counter and fails badly on reuse), needs no
+// hand-written construction (AES-CMAC is not in the standard library),
+// and with SHA-NI it costs 280–400 ns per record (BenchmarkMAC: fixed
+// fields + a 25-byte name + 24-byte handle, 3 SHA-256 blocks with the
+// pooled HMAC state, 0 allocations) — about 1% of a 20–50 µs FUSE LOOKUP,
+// paid only on cache misses and writes. Only the used bytes are hashed;
+// unused ones must be zero. 16 bytes keep forgery at 2^-128 per try.
 //
 // # Durability
 //
@@ -90,22 +94,23 @@
 // All methods are safe for concurrent use.
 //
 //	diskStore.mu (RWMutex)  →  cache shard mu (Mutex)
+//	diskStore.mu (RWMutex)  →  diskStore.reportMu (Mutex)
 //
 // diskStore.mu is held shared by Get (on a cache miss), ByIno, Mounts and
 // Sync, and exclusively by Insert, LookupOrInsert, Update, Delete, PutMount
-// and Close; it guards the file offsets, the nodeid counter, the header
-// and the index. Cache shard locks are leaves, taken with or without
-// diskStore.mu. A Get that hits the cache takes only a shard lock.
-// memStore has a single RWMutex.
+// and Close; it guards the file offsets, the nodeid counter, the header,
+// the index and a running index migration. Cache shard locks and reportMu
+// are leaves, taken with or without diskStore.mu. A Get that hits the
+// cache takes only a shard lock. memStore has a single RWMutex.
 //
-// # Costs (1M records, 2 shared cores, page cache warm)
+// # Costs (1M records, 2 cores shared with other work, page cache warm)
 //
-//	Get, cache hit                          ~60 ns, 0 allocs
-//	Get, miss: pread + MAC                  ~1.6–2 µs, 1 alloc
-//	ByIno, miss: index pread + record       ~3 µs
-//	Insert: index pread + 2 pwrites + MAC   ~3 µs
+//	Get, cache hit                            ~60 ns, 0 allocs
+//	Get, miss: pread + MAC                    ~1.6–2 µs, 1 alloc
+//	ByIno, miss: index pread + record pread   ~3 µs
+//	Insert: index pread + 2 pwrites + MAC     ~3 µs
 //
-// An index grow (doubling, when 70% full) streams the old table into the
-// new one with sequential I/O under the write lock: about 50 ms at 1M
-// records, once per doubling.
+// The index doubles when 70% full; the entries move to the new table
+// incrementally, at least 256 per write (grow.go), instead of in one
+// ~100–200 ms pause at 1M records.
 package nodestore
