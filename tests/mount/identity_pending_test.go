@@ -287,6 +287,8 @@ func TestIdentitySupervisedKill(t *testing.T) {
 	for i := 0; i < 300; i++ {
 		must(t, os.WriteFile(m(fmt.Sprintf("stream/e%03d", i)), nil, 0o644))
 	}
+	fh, _, err := unix.NameToHandleAt(unix.AT_FDCWD, m("cwd/f"), 0)
+	must(t, err)
 	var cwdSt, fileSt, streamSt unix.Stat_t
 	must(t, unix.Stat(m("cwd"), &cwdSt))
 	must(t, unix.Stat(m("cwd/f"), &fileSt))
@@ -366,6 +368,7 @@ func TestIdentitySupervisedKill(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	t.Logf("killed serving pid %d under supervisor %d; the supervisor started pid %d", kids[0], d.Pid(), func() int { k, _ := mounttest.Children(d.Pid()); return k[0] }())
 	time.Sleep(300 * time.Millisecond)
 	stop.Store(true)
 	wg.Wait()
@@ -377,6 +380,7 @@ func TestIdentitySupervisedKill(t *testing.T) {
 	data, err := os.ReadFile(m("log"))
 	must(t, err)
 	lines := strings.Split(strings.TrimSuffix(string(data), "\n"), "\n")
+	t.Logf("%d records written across the kill", written.Load())
 	if int64(len(lines)) != written.Load() {
 		t.Errorf("log holds %d records, the writer wrote %d", len(lines), written.Load())
 	}
@@ -409,6 +413,17 @@ func TestIdentitySupervisedKill(t *testing.T) {
 	must(t, unix.Stat(m("stream"), &st))
 	if st.Ino != streamSt.Ino {
 		t.Errorf("stream st_ino %d after the kill, was %d", st.Ino, streamSt.Ino)
+	}
+	// A guest handle taken before the kill opens the file after a cache drop.
+	mounttest.DropCaches(t)
+	if hfd, err := openByHandle(d.Mnt, fh, unix.O_RDONLY); err != nil {
+		t.Errorf("open_by_handle_at after kill -9 and drop_caches: %v", err)
+	} else {
+		unix.Fstat(hfd, &st)
+		unix.Close(hfd)
+		if st.Ino != fileSt.Ino {
+			t.Errorf("handle opened st_ino %d, want %d", st.Ino, fileSt.Ino)
+		}
 	}
 	stdin.Write([]byte("\n"))
 	stdin.Close()

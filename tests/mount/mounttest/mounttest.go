@@ -29,6 +29,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // EnvDaemon selects the server under test: "" or "govirtiofsd" (build
@@ -232,7 +234,8 @@ func StartKind(t testing.TB, k Kind, opts Options) *Daemon {
 
 func (d *Daemon) args() []string {
 	if d.Kind == Loopback {
-		a := []string{"-q", "-allow-other", "-directmountstrict"}
+		// Not -q: start waits for its "Mounted!" line.
+		a := []string{"-allow-other", "-directmountstrict"}
 		for _, f := range d.opts.Flags {
 			if f == "--readonly" {
 				a = append(a, "-ro")
@@ -271,7 +274,7 @@ func (d *Daemon) start() {
 	}()
 	deadline := time.Now().Add(StartTimeout)
 	for {
-		if ok, _ := IsFUSEMount(d.Mnt); ok {
+		if d.ready() {
 			t.Logf("%s pid %d serving %s at %s", d.Kind, cmd.Process.Pid, d.Shared, d.Mnt)
 			return
 		}
@@ -286,6 +289,29 @@ func (d *Daemon) start() {
 			t.Fatalf("%s did not mount %s within %v\n%s", d.Kind, d.Mnt, StartTimeout, d.log.String())
 		}
 	}
+}
+
+// ready reports whether the server serves its mount: the mount is listed
+// and a stat of its root got an answer. The loopback installs its SIGTERM
+// handler only after its mount call returns and it printed "Mounted!"; a
+// SIGTERM before that kills it with files open on its own mount (go-fuse
+// probes the mount while mounting), and the process then hangs in exit
+// waiting for a FLUSH nobody answers. So for it, wait for that line too.
+func (d *Daemon) ready() bool {
+	if ok, _ := IsFUSEMount(d.Mnt); !ok {
+		return false
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(d.Mnt, &st); err != nil {
+		return false
+	}
+	if d.Kind == Loopback {
+		if !strings.Contains(d.log.String(), "Mounted!") {
+			return false
+		}
+		time.Sleep(50 * time.Millisecond) // from Println to signal.Notify
+	}
+	return true
 }
 
 func (d *Daemon) exitErr() error {
@@ -355,11 +381,32 @@ func (d *Daemon) Stop() {
 			t.Logf("%s pid %d has %d fds open before shutdown", d.Kind, d.Pid(), n)
 		}
 		d.Signal(syscall.SIGTERM)
-		exited, err := d.Wait(15 * time.Second)
+		exited, err := false, error(nil)
+		if d.Kind == Loopback {
+			// go-fuse's example loopback gives up unmounting after five
+			// quick EBUSY retries (the kernel can still hold the mount
+			// for a moment after the last close), ignores the error and
+			// then waits forever for the mount to go away. Unmount for
+			// it: the loopback is the reference, not what is tested.
+			exited, err = d.Wait(3 * time.Second)
+			for i := 0; !exited && i < 50; i++ {
+				if i == 0 {
+					t.Logf("loopback still running 3s after SIGTERM; unmounting %s for it", d.Mnt)
+				}
+				if unix.Unmount(d.Mnt, 0) == nil {
+					exited, err = d.Wait(10 * time.Second)
+					break
+				}
+				exited, err = d.Wait(100 * time.Millisecond)
+			}
+		} else {
+			exited, err = d.Wait(15 * time.Second)
+		}
 		switch {
 		case !exited:
+			t.Logf("%s tasks before SIGKILL:\n%s", d.Kind, TaskStacks(d.Pid()))
 			d.Signal(syscall.SIGKILL)
-			d.Wait(5 * time.Second)
+			d.Wait(15 * time.Second)
 			t.Errorf("%s did not exit within 15s of SIGTERM\n%s", d.Kind, tail(d.Log()))
 		case err != nil:
 			t.Errorf("%s exited with %v after SIGTERM\n%s", d.Kind, err, tail(d.Log()))
@@ -420,6 +467,31 @@ func FDCount(pid int) (int, error) {
 		return 0, err
 	}
 	return len(ents), nil
+}
+
+// TaskStacks describes each thread of pid: state, wchan and kernel stack,
+// for diagnosing a server stuck in the kernel.
+func TaskStacks(pid int) string {
+	var b strings.Builder
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		return err.Error()
+	}
+	for _, task := range tasks {
+		dir := fmt.Sprintf("/proc/%d/task/%s", pid, task.Name())
+		stat, _ := os.ReadFile(dir + "/stat")
+		state := ""
+		if i := bytes.LastIndexByte(stat, ')'); i >= 0 && i+2 < len(stat) {
+			state = string(stat[i+2 : i+3])
+		}
+		wchan, _ := os.ReadFile(dir + "/wchan")
+		stack, _ := os.ReadFile(dir + "/stack")
+		if state == "S" && len(stack) == 0 {
+			continue
+		}
+		fmt.Fprintf(&b, "task %s state %s wchan %s\n%s", task.Name(), state, wchan, stack)
+	}
+	return b.String()
 }
 
 // Children lists the pids of pid's child processes.

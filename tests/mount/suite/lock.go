@@ -9,6 +9,7 @@ import (
 
 func init() {
 	register("posix_lock", posixLock)
+	register("posix_lock_pid", posixLockPid)
 	register("posix_lock_host", posixLockHost)
 	register("flock", flockCase)
 	register("flock_host", flockHost)
@@ -77,7 +78,24 @@ func checkPosixLockedBy(t *testing.T, path string, holder *Proc, wantPid int) {
 func posixLock(t *testing.T, e *Env) {
 	writeFile(t, e.M("f"), "lock me", 0o666)
 	h := holdLock(t, e.M("f"), Step{Op: "setlk", Flags: unix.F_WRLCK, Off: 0, Len: 100})
-	checkPosixLockedBy(t, e.M("f"), h, h.Pid())
+	checkPosixLockedBy(t, e.M("f"), h, 0)
+}
+
+// posixLockPid: F_GETLK names the process holding the conflicting lock in
+// l_pid (the FUSE server gets the holder's pid with SETLK and must answer
+// GETLK with it).
+func posixLockPid(t *testing.T, e *Env) {
+	writeFile(t, e.M("f"), "lock me", 0o666)
+	h := holdLock(t, e.M("f"), Step{Op: "setlk", Flags: unix.F_WRLCK, Off: 0, Len: 100})
+	defer func() { h.Continue(); h.Results(t) }()
+	fd, err := unix.Open(e.M("f"), unix.O_RDWR|unix.O_CLOEXEC, 0)
+	must(t, "open", err)
+	defer unix.Close(fd)
+	lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: 0, Start: 10, Len: 10}
+	must(t, "F_GETLK", unix.FcntlFlock(uintptr(fd), unix.F_GETLK, &lk))
+	if lk.Type != unix.F_WRLCK || int(lk.Pid) != h.Pid() {
+		t.Errorf("F_GETLK: type %d l_pid %d, want a write lock held by pid %d", lk.Type, lk.Pid, h.Pid())
+	}
 }
 
 // posixLockHost: a lock held on the host file conflicts with one taken
