@@ -3,11 +3,13 @@ package guest
 import (
 	"bytes"
 	"context"
+	"net"
 	"os"
 	"os/exec"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/hanwen/go-fuse/v2/posixtest"
 
@@ -27,6 +29,10 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	if sock := os.Getenv("GUEST_TEST_SILENT_DAEMON"); sock != "" {
+		silentDaemon(sock)
+		return
+	}
 	code := m.Run()
 	if guestDir != "" {
 		os.RemoveAll(guestDir)
@@ -208,6 +214,47 @@ func TestDaemonThatDoesNotListen(t *testing.T) {
 		Daemon: Daemon{Name: "broken", Args: []string{"/bin/sh", "-c", "echo no vhost-user here >&2; exit 3"}}})
 	if err == nil || !strings.Contains(err.Error(), "exited before creating") || !strings.Contains(err.Error(), "no vhost-user here") {
 		t.Fatalf("Run with a daemon that exits: err = %v", err)
+	}
+}
+
+// silentDaemon is a vhost-user "backend" that accepts the front-end's
+// connection and never answers: QEMU then hangs while realizing the device.
+func silentDaemon(sock string) {
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		os.Exit(1)
+	}
+	var conns []net.Conn
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			os.Exit(1)
+		}
+		conns = append(conns, c) // keep it open, say nothing
+	}
+}
+
+// TestHostTimeout: a daemon that accepts the connection but never answers
+// leaves QEMU hanging before the guest starts; the host timeout must stop it
+// and every check must be a FAIL saying so.
+func TestHostTimeout(t *testing.T) {
+	g := testGuest(t)
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	rep, err := Run(context.Background(), Options{Guest: g, Checks: []string{CheckIdentity, CheckHandles},
+		Timeout: 20 * time.Second,
+		Daemon:  Daemon{Name: "silent", Args: []string{"/usr/bin/env", "GUEST_TEST_SILENT_DAEMON={socket}", self}}})
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if took := time.Since(start); took > time.Minute {
+		t.Errorf("Run took %v with a 20s timeout", took)
+	}
+	for _, c := range []string{"identity", "handles-file", "handles-dir"} {
+		expect(t, rep, c, checks.Fail, "host timeout")
 	}
 }
 

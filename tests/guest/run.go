@@ -260,7 +260,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		}
 		if !d.alive() {
 			rep.add(checks.Result{Check: CheckReconnect, Status: checks.Fail,
-				Detail: fmt.Sprintf("daemon exited when the first guest disconnected (%v)", d.err)})
+				Detail: "daemon exited when the first guest disconnected (" + exitText(d.err) + ")"})
 		} else {
 			b := runQEMU([]string{"reconnect-verify"}, false)
 			second = &b
@@ -282,7 +282,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 			}
 		}
 		if !d.alive() {
-			why += fmt.Sprintf("; daemon exited (%v): %s", d.err, lastLine(tail(daemonLog, 400)))
+			why += fmt.Sprintf("; daemon exited (%s): %s", exitText(d.err), lastLine(tail(daemonLog, 400)))
 		}
 		rep.add(checks.Result{Check: check, Status: checks.Fail, Detail: why})
 	}
@@ -322,6 +322,14 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	rep.Console = console.String()
 	rep.DaemonLog = tail(daemonLog, 64<<10)
 	return rep, nil
+}
+
+// exitText describes a Wait result.
+func exitText(err error) string {
+	if err == nil {
+		return "exit status 0"
+	}
+	return err.Error()
 }
 
 func lastLine(s string) string {

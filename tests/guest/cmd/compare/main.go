@@ -168,15 +168,12 @@ func main() {
 		fmt.Fprintln(tw)
 	}
 	if wantCheck(checkNames, guest.CheckPosixtest) {
-		line("posixtest (cases passed)", func(r *guest.Report) string {
-			p, n := 0, 0
+		line("posixtest pass/fail/skip", func(r *guest.Report) string {
+			n := map[checks.Status]int{}
 			for _, x := range r.Posixtest() {
-				n++
-				if x.Passed() {
-					p++
-				}
+				n[x.Status]++
 			}
-			return fmt.Sprintf("%d/%d", p, n)
+			return fmt.Sprintf("%d/%d/%d", n[checks.Pass], n[checks.Fail], n[checks.Skip])
 		})
 	}
 	for _, row := range rows {
