@@ -503,3 +503,114 @@ func TestIdentityFDBound(t *testing.T) {
 func TestBadInputStub(t *testing.T) {
 	t.Fatal("stub: the raw-protocol bad-input test belongs in the daemon's package (see the doc comment)")
 }
+
+// TestIdentityHandleMovedOutside: a guest handle for a file or directory
+// that a host-side rename moved out of the shared directory is never served
+// again (ESTALE), whichever way the daemon resolves host files.
+func TestIdentityHandleMovedOutside(t *testing.T) {
+	for _, mode := range []string{"never", "prefer", "mandatory"} {
+		t.Run(mode, func(t *testing.T) {
+			d := mounttest.Start(t, mounttest.Options{Flags: []string{"--inode-file-handles=" + mode}})
+			m := func(p string) string { return filepath.Join(d.Mnt, p) }
+			must(t, os.MkdirAll(m("d/d2"), 0o755))
+			must(t, os.WriteFile(m("d/f"), []byte("secret once moved"), 0o644))
+			must(t, os.WriteFile(m("d/d2/g"), nil, 0o644))
+			fh, _, err := unix.NameToHandleAt(unix.AT_FDCWD, m("d/f"), 0)
+			must(t, err)
+			dh, _, err := unix.NameToHandleAt(unix.AT_FDCWD, m("d/d2"), 0)
+			must(t, err)
+			// Outside, on the same host file system, so a host handle
+			// would still resolve.
+			out := filepath.Join(filepath.Dir(d.Shared), "outside")
+			must(t, os.Mkdir(out, 0o755))
+			must(t, os.Rename(filepath.Join(d.Shared, "d/f"), filepath.Join(out, "f")))
+			must(t, os.Rename(filepath.Join(d.Shared, "d/d2"), filepath.Join(out, "d2")))
+			mounttest.DropCaches(t)
+			for what, h := range map[string]unix.FileHandle{"file": fh, "dir": dh} {
+				fd, err := openByHandle(d.Mnt, h, unix.O_RDONLY)
+				if err == nil {
+					b := make([]byte, 64)
+					n, _ := unix.Read(fd, b)
+					unix.Close(fd)
+					t.Errorf("%s moved outside the shared dir is still served by handle (read %q)", what, b[:max(n, 0)])
+					continue
+				}
+				if err != unix.ESTALE {
+					t.Errorf("%s moved outside: open_by_handle_at: %v, want ESTALE", what, err)
+				}
+			}
+			// Moved back, the file is reachable by path again.
+			must(t, os.Rename(filepath.Join(out, "f"), filepath.Join(d.Shared, "f")))
+			if b, err := os.ReadFile(m("f")); err != nil || string(b) != "secret once moved" {
+				t.Errorf("moved back: %q %v", b, err)
+			}
+		})
+	}
+}
+
+// TestIdentityTamperedRecord: with a byte of one file's record flipped in
+// the state dir while the daemon is stopped, the restarted daemon refuses
+// that record (ESTALE for the old handle, a log line naming it) and serves
+// everything else, the old handle of another file included. It finds the
+// record by the file's name (records keep parent nodeid + name) in the
+// state dir's files and flips a byte of that name.
+func TestIdentityTamperedRecord(t *testing.T) {
+	state := t.TempDir()
+	d := mounttest.Start(t, mounttest.Options{Flags: []string{"--state-dir=" + state}})
+	m := func(p string) string { return filepath.Join(d.Mnt, p) }
+	must(t, os.WriteFile(m("victim-0123456789"), []byte("v"), 0o644))
+	must(t, os.WriteFile(m("bystander"), []byte("b"), 0o644))
+	vh, _, err := unix.NameToHandleAt(unix.AT_FDCWD, m("victim-0123456789"), 0)
+	must(t, err)
+	bh, _, err := unix.NameToHandleAt(unix.AT_FDCWD, m("bystander"), 0)
+	must(t, err)
+	d.Stop()
+	name := []byte("victim-0123456789")
+	hits := 0
+	ents, err := os.ReadDir(state)
+	must(t, err)
+	for _, ent := range ents {
+		p := filepath.Join(state, ent.Name())
+		b, err := os.ReadFile(p)
+		if err != nil || !ent.Type().IsRegular() {
+			continue
+		}
+		for i := bytes.Index(b, name); i >= 0; {
+			hits++
+			b[i+3] ^= 0x01
+			if err := os.WriteFile(p, b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			j := bytes.Index(b[i+1:], name)
+			if j < 0 {
+				break
+			}
+			i += 1 + j
+		}
+	}
+	if hits == 0 {
+		t.Fatalf("no record in %s holds the name %q", state, name)
+	}
+	t.Logf("flipped a byte of %d copies of the record's name", hits)
+	if err := d.TryRestart(); err != nil {
+		t.Fatalf("the daemon refused to start over one tampered record: %v", err)
+	}
+	mounttest.DropCaches(t)
+	if fd, err := openByHandle(d.Mnt, vh, unix.O_RDONLY); err == nil {
+		unix.Close(fd)
+		t.Errorf("the tampered record still serves its handle")
+	} else if err != unix.ESTALE {
+		t.Errorf("tampered record: open_by_handle_at: %v, want ESTALE", err)
+	}
+	if fd, err := openByHandle(d.Mnt, bh, unix.O_RDONLY); err != nil {
+		t.Errorf("an untouched record's handle fails after the restart: %v", err)
+	} else {
+		unix.Close(fd)
+	}
+	if b, err := os.ReadFile(m("victim-0123456789")); err != nil || string(b) != "v" {
+		t.Errorf("the tampered file by path: %q %v", b, err)
+	}
+	if !strings.Contains(strings.ToLower(d.Log()), "tamper") {
+		t.Errorf("no log line about the tampered record:\n%s", d.Log())
+	}
+}

@@ -171,6 +171,9 @@ type Daemon struct {
 	waitErr error
 	log     *syncBuffer
 	stopped bool
+	// expectExit is set when the process is meant to be gone before Stop:
+	// Kill was called or it failed to start (already reported).
+	expectExit bool
 }
 
 type syncBuffer struct {
@@ -249,8 +252,24 @@ func (d *Daemon) args() []string {
 	return append(a, d.opts.Flags...)
 }
 
+// TryRestart stops the server and starts it again like Restart, but
+// returns an error (with the server's output) instead of failing the test
+// when the new server exits before mounting.
+func (d *Daemon) TryRestart() error {
+	d.t.Helper()
+	d.Stop()
+	return d.tryStart()
+}
+
 // start launches the process and waits for the mount.
 func (d *Daemon) start() {
+	d.t.Helper()
+	if err := d.tryStart(); err != nil {
+		d.t.Fatal(err)
+	}
+}
+
+func (d *Daemon) tryStart() error {
 	t := d.t
 	t.Helper()
 	d.log = &syncBuffer{}
@@ -259,11 +278,11 @@ func (d *Daemon) start() {
 	cmd.Stderr = d.log
 	cmd.Dir = "/"
 	if err := cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", d.Bin, err)
+		return fmt.Errorf("start %s: %v", d.Bin, err)
 	}
 	done := make(chan struct{})
 	d.mu.Lock()
-	d.cmd, d.done, d.waitErr, d.stopped = cmd, done, nil, false
+	d.cmd, d.done, d.waitErr, d.stopped, d.expectExit = cmd, done, nil, false, false
 	d.mu.Unlock()
 	go func() {
 		err := cmd.Wait()
@@ -276,17 +295,19 @@ func (d *Daemon) start() {
 	for {
 		if d.ready() {
 			t.Logf("%s pid %d serving %s at %s", d.Kind, cmd.Process.Pid, d.Shared, d.Mnt)
-			return
+			return nil
 		}
 		select {
 		case <-done:
-			t.Fatalf("%s %s exited before mounting: %v\n%s", d.Bin, strings.Join(d.Args, " "), d.exitErr(), d.log.String())
+			d.expectExit = true
+			return fmt.Errorf("%s %s exited before mounting: %v\n%s", d.Bin, strings.Join(d.Args, " "), d.exitErr(), d.log.String())
 		case <-time.After(20 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
+			d.expectExit = true
 			cmd.Process.Kill()
 			<-done
-			t.Fatalf("%s did not mount %s within %v\n%s", d.Kind, d.Mnt, StartTimeout, d.log.String())
+			return fmt.Errorf("%s did not mount %s within %v\n%s", d.Kind, d.Mnt, StartTimeout, d.log.String())
 		}
 	}
 }
@@ -375,7 +396,11 @@ func (d *Daemon) Stop() {
 		return
 	}
 	d.stopped = true
+	expectExit := d.expectExit
 	d.mu.Unlock()
+	if d.Exited() && !expectExit {
+		t.Errorf("%s pid %d exited on its own before shutdown: %v\n%s", d.Kind, d.Pid(), d.exitErr(), tail(d.Log()))
+	}
 	if !d.Exited() {
 		if n, err := FDCount(d.Pid()); err == nil {
 			t.Logf("%s pid %d has %d fds open before shutdown", d.Kind, d.Pid(), n)
@@ -438,6 +463,9 @@ func (d *Daemon) Stop() {
 // the fd, a live connection).
 func (d *Daemon) Kill() {
 	d.t.Helper()
+	d.mu.Lock()
+	d.expectExit = true
+	d.mu.Unlock()
 	d.Signal(syscall.SIGKILL)
 	if exited, _ := d.Wait(10 * time.Second); !exited {
 		d.t.Fatalf("%s pid %d survived SIGKILL for 10s", d.Kind, d.Pid())
