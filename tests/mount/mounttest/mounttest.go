@@ -164,6 +164,8 @@ type Daemon struct {
 	Shared string // host path of the shared directory
 	Mnt    string // mount point
 	opts   Options
+	// stateDir is the --state-dir given when the test names none.
+	stateDir string
 
 	mu      sync.Mutex
 	cmd     *exec.Cmd
@@ -225,6 +227,9 @@ func StartKind(t testing.TB, k Kind, opts Options) *Daemon {
 	if opts.Setup != nil {
 		opts.Setup(t, d.Shared)
 	}
+	if k == Govirtiofsd {
+		d.stateDir = t.TempDir()
+	}
 	d.Args = d.args()
 	goroutines := runtime.NumGoroutine()
 	d.start()
@@ -249,6 +254,18 @@ func (d *Daemon) args() []string {
 		return append(a, d.Mnt, d.Shared)
 	}
 	a := []string{"--shared-dir", d.Shared, "--mount", d.Mnt}
+	// As root the daemon keeps its node table under /var/lib/govirtiofsd
+	// by default, one folder per shared dir: every test would leave one
+	// behind. Keep it with the test unless the test chose.
+	hasState := false
+	for _, f := range d.opts.Flags {
+		if f == "--state-dir" || strings.HasPrefix(f, "--state-dir=") {
+			hasState = true
+		}
+	}
+	if !hasState {
+		a = append(a, "--state-dir="+d.stateDir)
+	}
 	return append(a, d.opts.Flags...)
 }
 

@@ -15,6 +15,7 @@ func init() {
 	register("nonroot_setgid_dir", nonrootSetgidDir)
 	register("nonroot_setgid_dir_member", nonrootSetgidDirMember)
 	register("nonroot_write_kills_suid", nonrootWriteKillsSuid)
+	register("nonroot_truncate_kills_suid", nonrootTruncateKillsSuid)
 }
 
 func wantOwner(t *testing.T, p string, uid, gid uint32) {
@@ -211,5 +212,29 @@ func nonrootWriteKillsSuid(t *testing.T, e *Env) {
 	f.Close()
 	if m := lstat(t, e.M("rootsuid")).Mode; m&unix.S_ISUID == 0 {
 		t.Errorf("a write by root cleared setuid (mode %o); the kernel keeps it for CAP_FSETID", m)
+	}
+}
+
+// nonrootTruncateKillsSuid: truncate and ftruncate by a non-owner of a
+// world-writable setuid file clear setuid, as a write does.
+func nonrootTruncateKillsSuid(t *testing.T, e *Env) {
+	for _, n := range []string{"t", "ft"} {
+		writeFile(t, e.M(n), "original", 0o644)
+		must(t, "chmod", unix.Chmod(e.M(n), 0o6777))
+	}
+	steps := []Step{
+		{Op: "truncate", Path: e.M("t"), Len: 3},
+		{Op: "open", Path: e.M("ft"), Flags: unix.O_WRONLY},
+		{Op: "ftruncate", Len: 2},
+	}
+	wantOK(t, steps, runAs(t, e.nonRoot(), steps...))
+	for n, size := range map[string]int64{"t": 3, "ft": 2} {
+		st := lstat(t, e.M(n))
+		if st.Size != size {
+			t.Errorf("%s: size %d, want %d", n, st.Size, size)
+		}
+		if st.Mode&(unix.S_ISUID|unix.S_ISGID) != 0 {
+			t.Errorf("%s: mode %o keeps setuid/setgid after truncation by uid %d", n, st.Mode, e.Opts.UID)
+		}
 	}
 }
