@@ -38,6 +38,11 @@ import (
 // absolute path to a govirtiofsd binary.
 const EnvDaemon = "GOVIRTIOFSD_TEST_DAEMON"
 
+// EnvFlags holds extra flags, separated by spaces, for every govirtiofsd
+// the harness starts (e.g. "--log-level=debug"). The server's output is
+// logged when a test fails.
+const EnvFlags = "GOVIRTIOFSD_TEST_FLAGS"
+
 // Kind names a server implementation.
 type Kind string
 
@@ -266,6 +271,7 @@ func (d *Daemon) args() []string {
 	if !hasState {
 		a = append(a, "--state-dir="+d.stateDir)
 	}
+	a = append(a, strings.Fields(os.Getenv(EnvFlags))...)
 	return append(a, d.opts.Flags...)
 }
 
@@ -415,6 +421,11 @@ func (d *Daemon) Stop() {
 	d.stopped = true
 	expectExit := d.expectExit
 	d.mu.Unlock()
+	defer func() {
+		if t.Failed() {
+			t.Logf("%s output (tail):\n%s", d.Kind, tail(d.Log()))
+		}
+	}()
 	if d.Exited() && !expectExit {
 		t.Errorf("%s pid %d exited on its own before shutdown: %v\n%s", d.Kind, d.Pid(), d.exitErr(), tail(d.Log()))
 	}
