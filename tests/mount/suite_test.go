@@ -1,6 +1,7 @@
 package mount
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -202,5 +203,30 @@ func TestHarnessLoopback(t *testing.T) {
 	}
 	if b, err := os.ReadFile(filepath.Join(d.Mnt, "f")); err != nil || string(b) != "through" {
 		t.Fatalf("after restart: %q %v", b, err)
+	}
+}
+
+// TestSuiteSmallFDCache runs the whole suite with --max-open-fds=32, so
+// node fds are evicted and host files re-resolved all the time, and checks
+// the daemon's fds stay within the bound once the cases closed their files.
+func TestSuiteSmallFDCache(t *testing.T) {
+	if mounttest.IsLoopback() {
+		return // the loopback keeps no fd cache
+	}
+	const bound = 32
+	run, exclude := suiteCases(t, suite.Names())
+	if len(run) == 0 {
+		return
+	}
+	d := mounttest.Start(t, mounttest.Options{Flags: []string{"--xattr", fmt.Sprintf("--max-open-fds=%d", bound)}})
+	suite.Run(t, d.Mnt, d.Shared, suite.Options{
+		Xattr: true, Cases: run, Exclude: exclude,
+		ServerFDs: func() (int, error) { return mounttest.FDCount(d.Pid()) },
+	})
+	mounttest.DropCaches(t)
+	// The process's own fds (stdio, /dev/fuse, state files, epoll...) come
+	// on top; 32 is generous for them.
+	if n, err := mounttest.FDCount(d.Pid()); err != nil || n > bound+32 {
+		t.Errorf("daemon holds %d fds (%v) after the suite with --max-open-fds=%d", n, err, bound)
 	}
 }
