@@ -38,22 +38,23 @@ type diskStore struct {
 
 	// mu: readers (Get, ByIno, Mounts, Sync) hold it shared, writers
 	// exclusively. It also orders cache fills against writes (see cache).
-	mu       sync.RWMutex
-	closed   bool       // +checklocks:mu
-	metaF    *os.File   // +checklocks:mu
-	recF     *os.File   // +checklocks:mu
-	ixF      *os.File   // +checklocks:mu
-	recFD    int        // +checklocks:mu
-	extF     *os.File   // +checklocks:mu; overflow slots (records.ext)
-	extFD    int        // +checklocks:mu
-	extNext  uint64     // +checklocks:mu; next overflow slot to append
-	hdr      header     // +checklocks:mu
-	next     NodeID     // +checklocks:mu; next nodeid to hand out
-	allocEnd int64      // +checklocks:mu; records file bytes preallocated
-	noFalloc bool       // +checklocks:mu; the fs refused fallocate
-	ix       index      // +checklocks:mu; the current table
-	mig      *migration // +checklocks:mu; non-nil while ix grows (see grow.go)
-	migStep  uint64     // entries a write migrates, migrateStep but in tests
+	mu         sync.RWMutex
+	closed     bool           // +checklocks:mu
+	metaF      *os.File       // +checklocks:mu
+	recF       *os.File       // +checklocks:mu
+	ixF        *os.File       // +checklocks:mu
+	recFD      int            // +checklocks:mu
+	extF       *os.File       // +checklocks:mu; overflow slots (records.ext)
+	extFD      int            // +checklocks:mu
+	extNext    uint64         // +checklocks:mu; next overflow slot to append
+	hdr        header         // +checklocks:mu
+	next       NodeID         // +checklocks:mu; next nodeid to hand out
+	allocEnd   int64          // +checklocks:mu; records file bytes preallocated
+	ix         index          // +checklocks:mu; the current table
+	mig        *migration     // +checklocks:mu; non-nil while ix grows (see grow.go)
+	prep       *preparedIndex // +checklocks:mu; the next table, being zero-filled
+	prepFailed bool           // +checklocks:mu; preparing hit an error: wait for the grow
+	migStep    uint64         // entries a write migrates, migrateStep but in tests
 	// Test counter: inserts that had to finish a migration early.
 	migFinishEarly int           // +checklocks:mu
 	mounts         []MountRecord // +checklocks:mu
@@ -64,9 +65,10 @@ const (
 	// at a time, so a crash of any kind can skip nodeids but never hand
 	// one out twice.
 	reserveBatch = 1 << 16
-	// allocChunk bytes of the records file are preallocated at a time, so
+	// allocChunk bytes of the records file are preallocated (zero-filled)
+	// at a time, so
 	// a full disk fails an Insert before it writes anything.
-	allocChunk        = 1 << 20
+	allocChunk        = 256 << 10
 	defaultCacheBytes = 8 << 20
 )
 
@@ -140,7 +142,7 @@ func (s *diskStore) openFiles() error {
 		}
 		fresh = true
 		hdr = header{generation: newGeneration(), reserved: RootID, indexSeq: 1, indexBits: minIndexBits}
-		if err := unix.Fallocate(metaFD, 0, 0, 2*headerStride); err != nil && !errors.Is(err, unix.EOPNOTSUPP) {
+		if err := zeroFill(metaFD, 0, 2*headerStride); err != nil {
 			return fmt.Errorf("allocate header: %w", err)
 		}
 	case err != nil:
@@ -246,24 +248,42 @@ func (s *diskStore) createIndex(seq uint64, bits uint) error {
 }
 
 func (s *diskStore) newIndexFile(seq uint64, bits uint) (*os.File, int, error) {
-	p := filepath.Join(s.dir, indexPrefix+strconv.FormatUint(seq, 10))
-	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE|os.O_TRUNC|unix.O_NOFOLLOW, 0o600)
+	f, err := createIndexFile(s.dir, seq)
 	if err != nil {
 		return nil, -1, err
 	}
-	fd := int(f.Fd())
-	size := int64(1<<bits)*entrySize + trailerSize
-	// Allocate the whole table now: index writes then never hit ENOSPC.
-	err = unix.Fallocate(fd, 0, 0, size)
-	if errors.Is(err, unix.EOPNOTSUPP) {
-		err = f.Truncate(size)
-	}
-	if err != nil {
+	size := indexFileSize(bits)
+	if err := zeroFill(int(f.Fd()), 0, size); err != nil {
 		f.Close()
-		os.Remove(p)
+		os.Remove(f.Name())
 		return nil, -1, fmt.Errorf("allocate index (%d bytes): %w", size, err)
 	}
-	return f, fd, nil
+	return f, int(f.Fd()), nil
+}
+
+func createIndexFile(dir string, seq uint64) (*os.File, error) {
+	p := filepath.Join(dir, indexPrefix+strconv.FormatUint(seq, 10))
+	return os.OpenFile(p, os.O_RDWR|os.O_CREATE|os.O_TRUNC|unix.O_NOFOLLOW, 0o600)
+}
+
+func indexFileSize(bits uint) int64 { return int64(1<<bits)*entrySize + trailerSize }
+
+// zeroFill writes zeros over [off, off+n). Space is preallocated this way
+// rather than with fallocate: on ext4 fallocate leaves unwritten extents,
+// and converting them as random 16-byte index writes land made each write
+// cost 2-3x more (measured: ~5 µs instead of ~2 µs for an index
+// read-modify-write at 1M records). Written zeros reserve the blocks just
+// as well, so later writes cannot fail with ENOSPC.
+func zeroFill(fd int, off, n int64) error {
+	var zero [64 << 10]byte
+	for n > 0 {
+		c := min(n, int64(len(zero)))
+		if err := pwriteFull(fd, zero[:c], off); err != nil {
+			return err
+		}
+		off, n = off+c, n-c
+	}
+	return nil
 }
 
 // removeStaleIndexes deletes index files left by a crash during a grow.
@@ -282,6 +302,7 @@ func (s *diskStore) removeStaleIndexes() {
 // the index is missing or may be stale after a host crash.
 func (s *diskStore) rebuildIndexLocked() error {
 	slots := uint64(s.allocEnd / slotSize)
+	s.dropPrepLocked()
 	if s.mig != nil {
 		s.mig.oldF.Close()
 		s.mig = nil
@@ -647,19 +668,14 @@ func (s *diskStore) writeRecordLocked(r *Record) error {
 
 // allocLocked makes sure the records file has blocks up to end.
 func (s *diskStore) allocLocked(end int64) error {
-	if end <= s.allocEnd || s.noFalloc {
+	if end <= s.allocEnd {
 		return nil
 	}
 	var err error
 	for _, chunk := range []int64{allocChunk, 4096} {
 		size := (end - s.allocEnd + chunk - 1) / chunk * chunk
-		err = unix.Fallocate(s.recFD, 0, s.allocEnd, size)
-		if err == nil {
+		if err = zeroFill(s.recFD, s.allocEnd, size); err == nil {
 			s.allocEnd += size
-			return nil
-		}
-		if errors.Is(err, unix.EOPNOTSUPP) {
-			s.noFalloc = true
 			return nil
 		}
 		if !errors.Is(err, unix.ENOSPC) {
@@ -831,6 +847,7 @@ func (s *diskStore) closeFiles() error {
 	if s.mig != nil {
 		errs = append(errs, s.mig.oldF.Close())
 	}
+	s.dropPrepLocked()
 	for _, f := range []*os.File{s.ixF, s.extF, s.recF, s.metaF} {
 		if f != nil {
 			errs = append(errs, f.Close())

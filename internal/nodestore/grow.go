@@ -42,7 +42,11 @@ import (
 // The migration state (e, p, last position written) is kept in a trailer
 // after the new table's entries, written after every step, and the header
 // names both files while a migration runs, so a restarted process resumes
-// it. After a host crash the index is rebuilt from the records anyway.
+// it. A crash after a step wrote entries but before its trailer makes the
+// successor stream those entries again: the copies are harmless (same key,
+// same nodeid; every hit is verified against its record, and a stale copy
+// left behind by a delete finds an empty record). After a host crash the
+// index is rebuilt from the records anyway.
 type migration struct {
 	old      index
 	oldF     *os.File
@@ -86,11 +90,94 @@ func (m *migration) vhome(h uint64) uint64 {
 	return v
 }
 
+// preparedIndex is the next table, zero-filled a little per write from
+// 50% load on, so that starting a migration at 70% costs no big write.
+type preparedIndex struct {
+	f    *os.File
+	seq  uint64
+	bits uint
+	done int64 // bytes zero-filled
+}
+
+// prepStep is the number of bytes of the next table a write zero-fills;
+// with doubling that finishes long before the table reaches 70% load.
+const prepStep = 16 << 10
+
+// nextBits is the size of the table the index grows into now.
+func (ix *index) nextBits() uint {
+	bits := max(ix.bits, bitsFor(ix.live))
+	if bits == ix.bits && ix.tombs < ix.size()/8 {
+		bits++
+	}
+	return bits
+}
+
+// prepareLocked advances the zero-filling of the next table.
+func (s *diskStore) prepareLocked() error {
+	if s.prep == nil {
+		if (s.ix.live+s.ix.tombs)*2 <= s.ix.size() {
+			return nil
+		}
+		seq := s.hdr.indexSeq + 1
+		f, err := createIndexFile(s.dir, seq)
+		if err != nil {
+			return err
+		}
+		s.prep = &preparedIndex{f: f, seq: seq, bits: s.ix.nextBits()}
+	}
+	p := s.prep
+	size := indexFileSize(p.bits)
+	if p.done < size {
+		n := min(prepStep, size-p.done)
+		if err := zeroFill(int(p.f.Fd()), p.done, n); err != nil {
+			return fmt.Errorf("allocate index: %w", err)
+		}
+		p.done += n
+	}
+	return nil
+}
+
+// dropPrepLocked forgets the prepared table.
+func (s *diskStore) dropPrepLocked() {
+	if s.prep != nil {
+		s.prep.f.Close()
+		os.Remove(s.prep.f.Name())
+		s.prep = nil
+	}
+}
+
+// takePrepLocked returns the prepared table for seq and bits, completed,
+// or a new one.
+func (s *diskStore) takePrepLocked(seq uint64, bits uint) (*os.File, int, error) {
+	p := s.prep
+	if p == nil || p.bits != bits || p.seq != seq {
+		s.dropPrepLocked()
+		return s.newIndexFile(seq, bits)
+	}
+	s.prep = nil
+	size := indexFileSize(bits)
+	if err := zeroFill(int(p.f.Fd()), p.done, size-p.done); err != nil {
+		p.f.Close()
+		os.Remove(p.f.Name())
+		return nil, -1, fmt.Errorf("allocate index (%d bytes): %w", size, err)
+	}
+	return p.f, int(p.f.Fd()), nil
+}
+
 // maintainIndexLocked advances a running migration, or starts one if the
-// index is too full for one more entry.
+// index is too full for one more entry, or prepares the next table.
 func (s *diskStore) maintainIndexLocked(step uint64) error {
 	if s.mig == nil {
 		if !s.ix.needsGrow() {
+			if !s.prepFailed {
+				if err := s.prepareLocked(); err != nil {
+					// Not fatal: the grow itself allocates what is
+					// missing and reports ENOSPC then. Until then, stop
+					// taking space from the records.
+					s.dropPrepLocked()
+					s.prepFailed = true
+				}
+			}
 			return nil
 		}
 		if err := s.startGrowLocked(); err != nil {
@@ -123,10 +210,7 @@ func (s *diskStore) growIndexLocked() error {
 }
 
 func (s *diskStore) startGrowLocked() error {
-	bits := max(s.ix.bits, bitsFor(s.ix.live))
-	if bits == s.ix.bits && s.ix.tombs < s.ix.size()/8 {
-		bits++
-	}
+	bits := s.ix.nextBits()
 	e, found, err := s.ix.firstEmpty()
 	if err != nil {
 		return err
@@ -135,7 +219,7 @@ func (s *diskStore) startGrowLocked() error {
 		return errors.New("index: no empty bucket")
 	}
 	seq := s.hdr.indexSeq + 1
-	f, fd, err := s.newIndexFile(seq, bits)
+	f, fd, err := s.takePrepLocked(seq, bits)
 	if err != nil {
 		return err
 	}
@@ -159,6 +243,7 @@ func (s *diskStore) startGrowLocked() error {
 		return err
 	}
 	s.mig = m
+	s.prepFailed = false
 	s.ix, s.ixF = nix, f
 	m.win.reset(&s.ix)
 	return nil
@@ -168,6 +253,7 @@ func (s *diskStore) startGrowLocked() error {
 // the new table, and finishes the migration when none are left.
 func (s *diskStore) stepMigrationLocked(budget uint64) error {
 	m := s.mig
+	m.cluster = m.cluster[:0] // left over if the previous step failed
 	n := m.old.size()
 	end := m.e + n
 	var moved uint64
