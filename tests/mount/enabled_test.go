@@ -114,6 +114,9 @@ var enabledPosix = map[string]bool{
 
 // enabledTests lists top-level tests of this package enabled against
 // govirtiofsd (those that check enabled(t)).
+// Pending: TestStopBusy (SIGTERM with files open in the mount: the daemon
+// logs "unmounting" and never exits).
 var enabledTests = map[string]bool{
-	"TestReadonly": true,
+	"TestReadonly":   true,
+	"TestStopSIGINT": true,
 }

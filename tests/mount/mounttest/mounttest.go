@@ -387,6 +387,15 @@ func (d *Daemon) Exited() bool {
 	}
 }
 
+// ExpectExit tells the harness the server is meant to exit before Stop
+// (the test signals it itself); Stop then does not report the exit as a
+// crash.
+func (d *Daemon) ExpectExit() {
+	d.mu.Lock()
+	d.expectExit = true
+	d.mu.Unlock()
+}
+
 // Signal sends sig to the server process.
 func (d *Daemon) Signal(sig syscall.Signal) error {
 	return syscall.Kill(d.Pid(), sig)
