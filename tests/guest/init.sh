@@ -42,6 +42,11 @@ for m in @MODULES@; do
 	insmod /lib/modules/$m.ko || echo "RESULT modules FAIL insmod $m failed"
 done
 
+sample() { # let the host read the daemon's fds and RSS now
+	echo "SAMPLE $1"
+	read -t 60 line
+}
+
 check() { # run one guestcheck command, report a crash as a FAIL
 	/bin/guestcheck "$@" || echo "RESULT $1 FAIL guestcheck $1 exited with status $?"
 }
@@ -60,7 +65,9 @@ if [ "$BOOT" -gt 2 ]; then
 	echo "RESULT reboot FAIL guest booted $BOOT times"
 elif [ "$BOOT" = 2 ]; then
 	check token-check reboot /mnt/reboot/token "$TOKEN"
+	sample reboot
 else
+	case " $PLAN " in *" reconnect-verify "*) ;; *) sample mount ;; esac
 	# The token goes first, so that reboot and reconnect do not depend on
 	# how the daemon coped with the checks before them.
 	for c in $PLAN; do
@@ -73,10 +80,12 @@ else
 		handles) check handles /mnt/handles ;;
 		walk)
 			check walk /mnt/walk "$WALK"
-			echo "SAMPLE walk"
-			read -t 60 line
+			sample walk
 			;;
-		reconnect-verify) check token-check reconnect /mnt/reboot/token "$TOKEN" ;;
+		reconnect-verify)
+			check token-check reconnect /mnt/reboot/token "$TOKEN"
+			sample reconnect
+			;;
 		esac
 	done
 	case " $PLAN " in *" reboot "*)

@@ -80,9 +80,14 @@ type Report struct {
 	// WalkSample is the daemon's fds and RSS right after the walk, while
 	// the guest still caches every walked inode; nil if not taken.
 	WalkSample *Sample
-	Boots      []time.Duration // wall time of each QEMU run
-	Console    string
-	DaemonLog  string
+	// Samples holds every sample the guest asked for, by name: "mount"
+	// (first boot, right after mounting), "walk", "reboot" (after the
+	// token was read back in the boot after reboot -f) and "reconnect"
+	// (same, in the second QEMU).
+	Samples   map[string]Sample
+	Boots     []time.Duration // wall time of each QEMU run
+	Console   string
+	DaemonLog string
 }
 
 // Result returns the result line for check.
@@ -187,7 +192,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	defer d.stop()
 	logf("%s started (pid %d): %s", o.Daemon.Name, d.cmd.Process.Pid, strings.Join(o.Daemon.Command(sock, shared, dwork), " "))
 
-	rep := &Report{Daemon: o.Daemon.Name}
+	rep := &Report{Daemon: o.Daemon.Name, Samples: map[string]Sample{}}
 	var console strings.Builder
 	var mu sync.Mutex // guards rep and console against the console reader
 	tok := make([]byte, 8)
@@ -225,13 +230,17 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 				case strings.Contains(line, "GUEST-HELLO"):
 					boots++
 					return fmt.Sprintf("HOST BOOT %d", boots), boots > 3
-				case strings.Contains(line, "SAMPLE walk"):
+				case strings.HasPrefix(line, "SAMPLE "):
+					name := strings.TrimSpace(strings.TrimPrefix(line, "SAMPLE "))
 					s, err := sampleTree(d.cmd.Process.Pid)
-					if err == nil {
+					if err != nil {
+						logf("sample %s: %v", name, err)
+						return "HOST SAMPLED", false
+					}
+					logf("sample %s: %s", name, s)
+					rep.Samples[name] = s
+					if name == "walk" {
 						rep.WalkSample = &s
-						logf("after walk: %s", s)
-					} else {
-						logf("after walk: %v", err)
 					}
 					return "HOST SAMPLED", false
 				}

@@ -185,18 +185,32 @@ func main() {
 			return strings.ToLower(string(x.Status))
 		})
 	}
-	if wantCheck(checkNames, guest.CheckWalk) {
-		line("fds after walk", func(r *guest.Report) string {
-			if r.WalkSample == nil {
+	// Daemon resources at the moments the guest asked the host to look.
+	for _, when := range []string{"mount", "walk", "reboot", "reconnect"} {
+		present := false
+		for _, c := range cols {
+			if c.rep != nil {
+				if _, ok := c.rep.Samples[when]; ok {
+					present = true
+				}
+			}
+		}
+		if !present {
+			continue
+		}
+		line("fds after "+when, func(r *guest.Report) string {
+			s, ok := r.Samples[when]
+			if !ok {
 				return "-"
 			}
-			return fmt.Sprint(r.WalkSample.FDs)
+			return fmt.Sprint(s.FDs)
 		})
-		line("RSS after walk (MiB)", func(r *guest.Report) string {
-			if r.WalkSample == nil {
+		line("RSS after "+when+" (MiB)", func(r *guest.Report) string {
+			s, ok := r.Samples[when]
+			if !ok {
 				return "-"
 			}
-			return fmt.Sprintf("%.1f", float64(r.WalkSample.RSSKiB)/1024)
+			return fmt.Sprintf("%.1f", float64(s.RSSKiB)/1024)
 		})
 	}
 	line("guest runs (s)", func(r *guest.Report) string {
