@@ -62,7 +62,8 @@ const guestBase = 0x40000000
 
 // wantedProtocol is what we accept of the back-end's protocol features.
 const wantedProtocol = wire.ProtocolMQ | wire.ProtocolReplyAck | wire.ProtocolConfig |
-	wire.ProtocolConfigureMemSlots | wire.ProtocolStatus | wire.ProtocolResetDevice
+	wire.ProtocolConfigureMemSlots | wire.ProtocolStatus | wire.ProtocolResetDevice |
+	wire.ProtocolDeviceState
 
 // Frontend is one connection to a vhost-user back-end.
 type Frontend struct {
@@ -289,9 +290,14 @@ func (f *Frontend) Send(req wire.Request, payload []byte, fds []int) error {
 
 // Call sends a request that has a reply and returns the reply payload.
 func (f *Frontend) Call(req wire.Request, payload []byte) ([]byte, error) {
+	return f.CallWithFDs(req, payload, nil)
+}
+
+// CallWithFDs is Call with fds attached (SET_DEVICE_STATE_FD).
+func (f *Frontend) CallWithFDs(req wire.Request, payload []byte, fds []int) ([]byte, error) {
 	f.ctlMu.Lock()
 	defer f.ctlMu.Unlock()
-	if err := f.conn.WriteMessage(wire.Header{Request: req, Flags: wire.FlagVersion}, payload, nil); err != nil {
+	if err := f.conn.WriteMessage(wire.Header{Request: req, Flags: wire.FlagVersion}, payload, fds); err != nil {
 		return nil, fmt.Errorf("vhostfront: %w", err)
 	}
 	r, err := f.readReplyLocked(req)

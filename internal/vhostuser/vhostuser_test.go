@@ -1,0 +1,295 @@
+package vhostuser
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"reflect"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/govirtiofsd/govirtiofsd/internal/vhostfront"
+	"github.com/govirtiofsd/govirtiofsd/internal/vhostuser/wire"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+)
+
+type nopHandler struct{}
+
+func (nopHandler) HandleRequest(in, out [][]byte) (int, fuse.Status) {
+	n := 0
+	for _, b := range out {
+		n += copy(b, "ok")
+	}
+	return n, fuse.OK
+}
+
+type logWriter struct{ t testing.TB }
+
+func (w logWriter) Write(b []byte) (int, error) {
+	w.t.Log(string(bytes.TrimSpace(b)))
+	return len(b), nil
+}
+
+func quietLogger(t testing.TB) *slog.Logger {
+	return slog.New(slog.NewTextHandler(logWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
+
+// serveOnce starts Serve on a temp socket and returns its path.
+func serveOnce(t *testing.T, cfg Config) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "s")
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = quietLogger(t)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Serve(ctx, ln, cfg) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+		ln.Close()
+	})
+	return path
+}
+
+func dialFront(t *testing.T, path string) *vhostfront.Frontend {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	f, err := vhostfront.Dial(ctx, path, vhostfront.Options{Logger: quietLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return f
+}
+
+func TestConnectionStateSnapshot(t *testing.T) {
+	conns := make(chan *Connection, 1)
+	path := serveOnce(t, Config{
+		NewHandler:       func() Handler { return nopHandler{} },
+		NumRequestQueues: 2, ThreadPoolSize: 1,
+		OnConnect: func(c *Connection) { conns <- c },
+	})
+	f := dialFront(t, path)
+	for i := 0; i < 3; i++ {
+		if out, err := f.Do(2, [][]byte{[]byte("req")}, 2); err != nil || string(out) != "ok" {
+			t.Fatalf("Do: %q %v", out, err)
+		}
+	}
+	c := <-conns
+	s, files, err := c.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
+	feat, proto := f.Features()
+	if s.Features != feat || s.ProtocolFeatures != proto || !s.Owner || s.Status != 0xf {
+		t.Errorf("state %+v, front-end features %#x %#x", s, feat, proto)
+	}
+	if len(s.Regions) != 1 || s.Regions[0].GuestPhysAddr != 0x40000000 {
+		t.Fatalf("regions %+v", s.Regions)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(files[s.Regions[0].FD].Fd()), &st); err != nil || uint64(st.Size) != s.Regions[0].Size {
+		t.Errorf("region fd: size %d, err %v; want %d", st.Size, err, s.Regions[0].Size)
+	}
+	if len(s.Vrings) != 3 {
+		t.Fatalf("%d vrings", len(s.Vrings))
+	}
+	v := s.Vrings[2]
+	if !v.Started || !v.Enabled || v.LastAvail != 3 || v.UsedIdx != 3 || v.Num != 128 || v.KickFD < 0 || v.CallFD < 0 {
+		t.Errorf("vring 2: %+v", v)
+	}
+	if s.Vrings[1].LastAvail != 0 || !s.Vrings[1].Started {
+		t.Errorf("vring 1: %+v", s.Vrings[1])
+	}
+	b, err := s.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s2, err := UnmarshalConnectionState(b, len(files))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(s, s2) {
+		t.Errorf("round trip:\n%+v\n%+v", s, s2)
+	}
+	if _, err := UnmarshalConnectionState(b, len(files)-1); err == nil {
+		t.Error("state accepted with fewer fds than it names")
+	}
+	bad := *s
+	bad.Vrings = append([]VringState(nil), s.Vrings...)
+	bad.Vrings[1].CallFD = bad.Vrings[2].CallFD
+	bb, _ := bad.Marshal()
+	if _, err := UnmarshalConnectionState(bb, len(files)); err == nil {
+		t.Error("state with an fd used twice accepted")
+	}
+	if _, err := UnmarshalConnectionState([]byte(`{"version":99}`), 0); err == nil {
+		t.Error("foreign version accepted")
+	}
+	// The ring keeps serving after the snapshot.
+	if out, err := f.Do(1, [][]byte{[]byte("req")}, 2); err != nil || string(out) != "ok" {
+		t.Errorf("Do after snapshot: %q %v", out, err)
+	}
+}
+
+type memState struct {
+	mu     sync.Mutex
+	loaded []byte
+}
+
+func (m *memState) SaveState() ([]byte, error) { return bytes.Repeat([]byte("state!"), 20000), nil }
+func (m *memState) LoadState(b []byte) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(b) == 0 {
+		return errors.New("empty state")
+	}
+	m.loaded = b
+	return nil
+}
+
+func TestDeviceState(t *testing.T) {
+	ms := &memState{}
+	path := serveOnce(t, Config{NewHandler: func() Handler { return nopHandler{} }, DeviceState: ms})
+	f := dialFront(t, path)
+	if _, proto := f.Features(); proto&wire.ProtocolDeviceState == 0 {
+		t.Fatalf("DEVICE_STATE not negotiated: %#x", proto)
+	}
+	transfer := func(dir uint32, fd int) uint64 {
+		p := make([]byte, 8)
+		binary.LittleEndian.PutUint32(p, dir)
+		r, err := f.CallWithFDs(wire.ReqSetDeviceStateFD, p, []int{fd})
+		if err != nil || len(r) != 8 {
+			t.Fatalf("SET_DEVICE_STATE_FD: %v %v", r, err)
+		}
+		return binary.LittleEndian.Uint64(r)
+	}
+	check := func() uint64 {
+		v, err := f.GetU64(wire.ReqCheckDeviceState)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+
+	// Save: the back-end writes the state into our pipe.
+	r, w, _ := os.Pipe()
+	if got := transfer(wire.DeviceStateSave, int(w.Fd())); got != 1<<8 {
+		t.Fatalf("save reply %#x", got)
+	}
+	w.Close()
+	saved, err := io.ReadAll(r)
+	r.Close()
+	if err != nil || !bytes.Equal(saved, bytes.Repeat([]byte("state!"), 20000)) {
+		t.Fatalf("saved %d bytes, %v", len(saved), err)
+	}
+	if got := check(); got != 0 {
+		t.Errorf("CHECK after save = %d", got)
+	}
+
+	// Load: we write the state, the back-end consumes it.
+	r, w, _ = os.Pipe()
+	if got := transfer(wire.DeviceStateLoad, int(r.Fd())); got != 1<<8 {
+		t.Fatalf("load reply %#x", got)
+	}
+	r.Close()
+	w.Write([]byte("hello state"))
+	w.Close()
+	if got := check(); got != 0 {
+		t.Errorf("CHECK after load = %d", got)
+	}
+	ms.mu.Lock()
+	if string(ms.loaded) != "hello state" {
+		t.Errorf("loaded %q", ms.loaded)
+	}
+	ms.mu.Unlock()
+
+	// A failed load is reported by CHECK.
+	r, w, _ = os.Pipe()
+	transfer(wire.DeviceStateLoad, int(r.Fd()))
+	r.Close()
+	w.Close()
+	if got := check(); got == 0 {
+		t.Error("CHECK after an empty load = 0")
+	}
+	// CHECK without a transfer fails, and the device still works.
+	if got := check(); got == 0 {
+		t.Error("CHECK without transfer = 0")
+	}
+	if out, err := f.Do(1, [][]byte{[]byte("x")}, 2); err != nil || string(out) != "ok" {
+		t.Errorf("Do: %q %v", out, err)
+	}
+}
+
+// FuzzMessages feeds arbitrary byte streams to a connection: the device
+// must answer or refuse without panicking or hanging, and end cleanly at
+// EOF.
+func FuzzMessages(f *testing.F) {
+	msg := func(req wire.Request, flags uint32, payload []byte) []byte {
+		b := make([]byte, wire.HeaderSize+len(payload))
+		wire.Header{Request: req, Flags: wire.FlagVersion | flags, Size: uint32(len(payload))}.Encode(b)
+		copy(b[wire.HeaderSize:], payload)
+		return b
+	}
+	cat := func(ms ...[]byte) []byte { return bytes.Join(ms, nil) }
+	f.Add(cat(msg(wire.ReqGetFeatures, 0, nil), msg(wire.ReqSetFeatures, 0, wire.EncodeU64(1<<30|1<<32))))
+	f.Add(cat(msg(wire.ReqSetProtocolFeatures, 0, wire.EncodeU64(wire.ProtocolReplyAck)),
+		msg(wire.ReqSetVringNum, wire.FlagNeedReply, wire.EncodeVringState(1, 64)),
+		msg(wire.ReqSetVringAddr, wire.FlagNeedReply, wire.EncodeVringAddr(wire.VringAddr{Index: 1, DescUser: 0x1000})),
+		msg(wire.ReqGetVringBase, 0, wire.EncodeVringState(1, 0))))
+	f.Add(cat(msg(wire.ReqGetConfig, 0, wire.EncodeConfig(0, make([]byte, 40))), msg(wire.ReqSetMemTable, 0, wire.EncodeMemTable(nil))))
+	f.Add(cat(msg(wire.ReqSetVringKick, 0, wire.EncodeU64(0x100)), msg(99, 0, []byte{1, 2})))
+	f.Add(msg(wire.ReqSetFeatures, 0, make([]byte, 5000)))
+	f.Add([]byte{1, 0, 0, 0, 1})
+	f.Fuzz(func(t *testing.T, stream []byte) {
+		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		a := os.NewFile(uintptr(fds[0]), "a")
+		fc, err := net.FileConn(a) // dups the fd
+		a.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		peer := os.NewFile(uintptr(fds[1]), "b")
+		defer peer.Close()
+		done := make(chan error, 1)
+		cfg := Config{NewHandler: func() Handler { return nopHandler{} }, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+		go func() { done <- ServeConn(context.Background(), fc.(*net.UnixConn), cfg) }()
+		go io.Copy(io.Discard, peer) // replies
+		if _, err := peer.Write(stream); err != nil {
+			t.Fatal(err)
+		}
+		unix.Shutdown(fds[1], unix.SHUT_WR)
+		select {
+		case err := <-done:
+			var bad *wire.BadMessageError
+			if err != nil && !errors.As(err, &bad) {
+				t.Errorf("ServeConn: %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("connection did not end at EOF")
+		}
+	})
+}
