@@ -24,8 +24,7 @@ const (
 	offeredFeatures = wire.FeatureVersion1 | wire.FeatureRingIndirectDesc |
 		wire.FeatureRingEventIdx | wire.FeatureProtocolFeatures
 	offeredProtocol = wire.ProtocolMQ | wire.ProtocolReplyAck | wire.ProtocolBackendReq |
-		wire.ProtocolConfig | wire.ProtocolResetDevice | wire.ProtocolConfigureMemSlots |
-		wire.ProtocolStatus
+		wire.ProtocolResetDevice | wire.ProtocolConfigureMemSlots | wire.ProtocolStatus
 )
 
 // device is the back-end state of one front-end connection.
@@ -218,6 +217,11 @@ func (d *device) dispatch(m *wire.Message) error {
 
 func (d *device) offeredProtocol() uint64 {
 	p := uint64(offeredProtocol)
+	// CONFIG only with a tag: QEMU's vhost-user-fs-pci takes the tag
+	// from its command line and warns about a back-end offering CONFIG.
+	if d.cfg.Tag != "" {
+		p |= wire.ProtocolConfig
+	}
 	if d.cfg.DeviceState != nil {
 		p |= wire.ProtocolDeviceState
 	}
