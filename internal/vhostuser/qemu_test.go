@@ -22,7 +22,9 @@ import (
 
 // TestQEMUGuest boots a Linux guest under QEMU (TCG) with a
 // vhost-user-fs-pci device served by this package over go-fuse's loopback
-// filesystem, mounts it and checks reads, writes and a directory listing.
+// filesystem, mounts it and checks reads, writes and a directory listing,
+// then reboots the guest (QEMU stops and resets the device, then sets it
+// up again on the same connection) and mounts once more.
 // It is a transport smoke test, opt-in because it takes tens of seconds:
 //
 //	VHOSTUSER_QEMU_TEST=1 go test -run TestQEMUGuest -v ./internal/vhostuser
@@ -88,7 +90,7 @@ func TestQEMUGuest(t *testing.T) {
 		"-device", "vhost-user-fs-pci,queue-size=1024,chardev=c0,tag=myfs",
 		"-kernel", filepath.Join(dir, "vmlinux"), "-initrd", initrd,
 		"-append", "console=ttyS0 quiet panic=-1",
-		"-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio")
+		"-nographic", "-nodefaults", "-serial", "stdio")
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	start := time.Now()
@@ -107,7 +109,7 @@ func TestQEMUGuest(t *testing.T) {
 	}
 	for k, want := range map[string]string{
 		"R_MOUNT": "ok", "R_HELLO": "hello from host", "R_SUBCOUNT": "50",
-		"R_WRITE": "ok", "R_BIGSUM": "ok", "R_DONE": "1",
+		"R_WRITE": "ok", "R_BIGSUM": "ok", "R_REBOOT": "ok", "R_DONE": "1",
 	} {
 		if results[k] != want {
 			t.Errorf("%s = %q, want %q", k, results[k], want)
@@ -137,6 +139,13 @@ for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_p
 done
 (sleep 180; echo R_WATCHDOG=1; poweroff -nf) &
 if mount -t virtiofs myfs /mnt; then echo R_MOUNT=ok; fi
+if [ -e /mnt/booted ]; then
+	# Second boot: the device was reset by the reboot and set up again.
+	echo "R_REBOOT=$(cat /mnt/booted)"
+	umount /mnt
+	echo R_DONE=1
+	poweroff -nf
+fi
 echo "R_HELLO=$(cat /mnt/hello.txt)"
 echo "R_SUBCOUNT=$(ls /mnt/sub | wc -l)"
 echo "guest wrote this" > /mnt/fromguest.txt && echo R_WRITE=ok
@@ -145,9 +154,9 @@ cp /tmp/big /mnt/big
 echo 3 > /proc/sys/vm/drop_caches
 a=$(md5sum < /tmp/big); b=$(md5sum < /mnt/big)
 [ -s /mnt/big ] && [ "$a" = "$b" ] && echo R_BIGSUM=ok
+echo ok > /mnt/booted
 umount /mnt
-echo R_DONE=1
-poweroff -nf
+reboot -nf
 `
 
 func buildInitrd(t *testing.T, dir, work string) string {
