@@ -398,3 +398,107 @@ func TestStopQueueReportsIndex(t *testing.T) {
 		t.Errorf("request on a stopped ring: %v", err)
 	}
 }
+
+// TestMemoryTableSwapMidFlight replaces the memory table (as QEMU does on
+// memory hotplug) while requests are inside the handler: they complete
+// into the old mapping, which stays valid, and the rings follow the new one.
+func TestMemoryTableSwapMidFlight(t *testing.T) {
+	checkLeaks(t)
+	e := &echo{block: make(chan struct{}), began: make(chan struct{}, 100)}
+	b := startBackend(t, vhostuser.Config{NewHandler: func() vhostuser.Handler { return e }, ThreadPoolSize: 4})
+	f := dial(t, b, Options{})
+	const n = 4
+	type result struct {
+		out []byte
+		err error
+	}
+	res := make(chan result, n)
+	for i := range n {
+		go func() {
+			out, err := f.Do(1, [][]byte{[]byte(fmt.Sprintf("req%d", i))}, 8)
+			res <- result{out, err}
+		}()
+	}
+	for range n {
+		<-e.began
+	}
+	region := virtqueue.RegionLayout{GuestPhysAddr: guestBase, Size: uint64(len(f.mem)), UserAddr: uint64(uintptrOf(f.mem))}
+	fd, _ := rawFD(f.memfd)
+	if err := f.Send(wire.ReqSetMemTable, wire.EncodeMemTable([]virtqueue.RegionLayout{region}), []int{fd}); err != nil {
+		t.Fatalf("SET_MEM_TABLE mid-flight: %v", err)
+	}
+	// A second region at a higher address, then removed again.
+	extra := virtqueue.RegionLayout{GuestPhysAddr: guestBase + 1<<32, Size: 4096, UserAddr: 0x10000, MmapOffset: 0}
+	if err := f.Send(wire.ReqAddMemReg, wire.EncodeMemReg(extra), []int{fd}); err != nil {
+		t.Fatalf("ADD_MEM_REG: %v", err)
+	}
+	if err := f.Send(wire.ReqRemMemReg, wire.EncodeMemReg(extra), nil); err != nil {
+		t.Fatalf("REM_MEM_REG: %v", err)
+	}
+	close(e.block)
+	seen := map[string]bool{}
+	for range n {
+		r := <-res
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+		seen[string(r.out)] = true
+	}
+	for i := range n {
+		want := []byte(fmt.Sprintf("req%d", i))
+		for a, z := 0, len(want)-1; a < z; a, z = a+1, z-1 {
+			want[a], want[z] = want[z], want[a]
+		}
+		if !seen[string(want)] {
+			t.Errorf("no reply %q among %v", want, seen)
+		}
+	}
+	if out, err := f.Do(1, [][]byte{[]byte("ab")}, 2); err != nil || string(out) != "ba" {
+		t.Errorf("after swap: %q %v", out, err)
+	}
+}
+
+// BenchmarkGetAttr measures GETATTR round trips through the whole stack
+// (front-end, vhost-user back-end, go-fuse ProtocolServer), with as many
+// requests in flight as GOMAXPROCS*4.
+func BenchmarkGetAttr(b *testing.B) {
+	be := startBackend(b, vhostuser.Config{
+		NewHandler:       func() vhostuser.Handler { return newProtocolServer(b) },
+		NumRequestQueues: 1, ThreadPoolSize: 4,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	f := dial(b, be, Options{QueueSize: 256, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if _, st, err := f.Init(0); err != nil || !st.Ok() {
+		b.Fatal(st, err)
+	}
+	b.SetParallelism(4)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, _, err := f.GetAttr(1); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}
+
+// BenchmarkEcho64K moves 64 KiB each way per request.
+func BenchmarkEcho64K(b *testing.B) {
+	be := startBackend(b, vhostuser.Config{
+		NewHandler: func() vhostuser.Handler { return &echo{} }, ThreadPoolSize: 2,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	f := dial(b, be, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	buf := bytes.Repeat([]byte("z"), 64<<10)
+	b.SetBytes(2 * int64(len(buf)))
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, err := f.Do(1, [][]byte{buf}, len(buf)); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}
