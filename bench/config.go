@@ -14,11 +14,12 @@ type Config struct {
 	Rows    *regexp.Regexp // rows to run; nil = all
 	Daemons []string       // peer names, column order (AllPeers)
 
-	Files        int   // files for the stat, create and readdir rows
-	Size         int64 // bytes of the sequential file
-	RandReads    int   // 4 KiB reads per random-read sample
-	WalkFiles    int   // files in the cold walk tree (issue 3: 100k)
-	BigWalkFiles int   // files in the big walk tree (issue 3: 1M); 0 = skip those rows
+	Files        int           // files for the stat, create and readdir rows
+	Size         int64         // bytes of the sequential file
+	RandReads    int           // 4 KiB reads per random-read sample
+	FioRuntime   time.Duration // length of each time-based fio sample
+	WalkFiles    int           // files in the cold walk tree (issue 3: 100k)
+	BigWalkFiles int           // files in the big walk tree (issue 3: 1M); 0 = skip those rows
 
 	// FS is where the shared tree lives: "tmpfs" (mounted by the bench,
 	// needs root) or "disk" (a directory under WorkDir).
@@ -48,6 +49,7 @@ func DefaultConfig() Config {
 		Files:        10_000,
 		Size:         1 << 30,
 		RandReads:    10_000,
+		FioRuntime:   2 * time.Second,
 		WalkFiles:    100_000,
 		BigWalkFiles: 1_000_000,
 		FS:           "tmpfs",

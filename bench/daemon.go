@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -44,6 +45,10 @@ type Daemon struct {
 	// KeepsState: the daemon writes its persistent state into the state
 	// directory Argv is given (its size is reported).
 	KeepsState bool
+	// ReadyLine, when set, is a line the daemon prints once it has
+	// finished mounting (its signal handlers are then in place); start
+	// waits for it as well as for the mount.
+	ReadyLine string
 	// Unavailable, when not empty, is why every row of this peer is n/a
 	// (the binary did not build, a flag is missing, …).
 	Unavailable string
@@ -131,6 +136,30 @@ func (in *instance) waitMounted(ctx context.Context, mnt string) error {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+	// go-fuse daemons open a file on their own mount while mounting (the
+	// epoll hack) and install their SIGTERM handler only afterwards; a
+	// SIGTERM in between kills them while they wait on themselves.
+	for in.d.ReadyLine != "" {
+		data, err := os.ReadFile(in.log)
+		if err != nil {
+			return err
+		}
+		if i := bytes.LastIndex(data, []byte("\n### ")); i >= 0 {
+			data = data[i:]
+		}
+		if bytes.Contains(data, []byte(in.d.ReadyLine)) {
+			break
+		}
+		select {
+		case <-in.done:
+			return fmt.Errorf("daemon exited before it was ready: %v", in.err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("no %q from the daemon after %v", in.d.ReadyLine, mountTimeout)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 	// The mount exists; make sure requests are answered.
 	errc := make(chan error, 1)
 	go func() {
@@ -175,7 +204,12 @@ func (in *instance) stop() error {
 	case <-time.After(10 * time.Second):
 		problem = errors.New("did not exit 10s after SIGTERM")
 		in.abort()
-		<-in.done
+		select {
+		case <-in.done:
+		case <-time.After(10 * time.Second):
+			// Leaked: a thread stuck in the kernel. Do not hang the run.
+			problem = fmt.Errorf("%w; still not reaped 10s after abort and SIGKILL (pid %d)", problem, in.pid)
+		}
 	}
 	// Children of a supervised daemon, if any are left.
 	_ = syscall.Kill(-in.pid, syscall.SIGKILL)

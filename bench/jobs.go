@@ -47,6 +47,9 @@ type job struct {
 	// run measures; it returns one value per row it measured. Rows it
 	// leaves out are n/a for this peer (Row.noValue says why).
 	run func(ctx context.Context, e *Env) (map[string]float64, error)
+	// missing, when set and returning non-empty, says why the job cannot
+	// run on this machine at all (a tool is not installed).
+	missing func() string
 	// cleanup restores the tree natively after every sample (untimed).
 	cleanup func(shared string) error
 }
@@ -131,6 +134,7 @@ func jobs(cfg *Config) []*job {
 			run: randRead,
 		},
 	}
+	js = append(js, fioJobs(cfg)...)
 	js = append(js, walkJob("walk", partWalk, cfg.WalkFiles))
 	js = append(js, restartJob("walk", partWalk, cfg.WalkFiles))
 	if cfg.BigWalkFiles > 0 {

@@ -105,9 +105,11 @@ func buildPeers(ctx context.Context, cfg *Config, binDir string) ([]*Daemon, err
 			}
 			// -directmountstrict: mount(2) as root, no fusermount.
 			// Its attr and entry timeouts are 1 s (libfuse defaults).
+			// Not -q: it prints "Mounted!" once fs.Mount has returned.
 			d.Argv = func(shared, mnt, _ string) []string {
-				return []string{loop, "-q", "-directmountstrict", mnt, shared}
+				return []string{loop, "-directmountstrict", mnt, shared}
 			}
+			d.ReadyLine = "Mounted!"
 			d.Note = strings.Join(d.Argv("DIR", "MNT", ""), " ") + " (READ/WRITE use FUSE passthrough when root on kernel ≥ 6.9)"
 		case PeerLoopbackNoPT:
 			if noptErr != nil {
@@ -117,6 +119,7 @@ func buildPeers(ctx context.Context, cfg *Config, binDir string) ([]*Daemon, err
 			d.Argv = func(shared, mnt, _ string) []string {
 				return []string{nopt, mnt, shared}
 			}
+			d.ReadyLine = "Mounted!"
 			d.Note = strings.Join(d.Argv("DIR", "MNT", ""), " ") + " (go-fuse loopback without passthrough: READ/WRITE reach the daemon)"
 		}
 		out = append(out, d)

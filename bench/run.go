@@ -33,6 +33,7 @@ type Meta struct {
 	CPUs         int       `json:"cpus"`
 	GoVersion    string    `json:"go_version"`
 	Commit       string    `json:"commit,omitempty"`
+	Fio          string    `json:"fio,omitempty"`
 	FS           string    `json:"fs"`
 	Runs         int       `json:"runs"`
 	Files        int       `json:"files"`
@@ -298,6 +299,11 @@ func (r *runner) skip(j *job, p *Daemon) string {
 	if p.Unavailable != "" {
 		return p.Unavailable
 	}
+	if j.missing != nil {
+		if why := j.missing(); why != "" {
+			return why
+		}
+	}
 	ok := false
 	for _, t := range j.transports {
 		ok = ok || t == p.Transport
@@ -495,6 +501,7 @@ func meta(cfg *Config) Meta {
 		WalkFiles: cfg.WalkFiles, BigWalkFiles: cfg.BigWalkFiles, Reference: referencePeer,
 	}
 	m.Host, _ = os.Hostname()
+	m.Fio = fioVersion()
 	var u unix.Utsname
 	if unix.Uname(&u) == nil {
 		m.Kernel = unix.ByteSliceToString(u.Release[:])

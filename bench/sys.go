@@ -147,10 +147,20 @@ func procChildren(pid int) []int {
 	return out
 }
 
+const fusectlDir = "/sys/fs/fuse/connections"
+
 // abortFUSE aborts the FUSE connection dev through fusectl, so every
-// syscall blocked on it returns ENOTCONN. Best effort.
+// syscall blocked on it returns ENOTCONN. It mounts fusectl where it is
+// not mounted (as systemd does at boot). This is the only way out when a
+// dying daemon waits on its own mount (a thread flushing a file of that
+// mount during exit holds the process, and with it the /dev/fuse fd).
 func abortFUSE(dev uint64) error {
-	p := fmt.Sprintf("/sys/fs/fuse/connections/%d/abort", unix.Minor(dev))
+	if _, ok, _ := findMount(fusectlDir); !ok {
+		if err := unix.Mount("fusectl", fusectlDir, "fusectl", 0, ""); err != nil {
+			return fmt.Errorf("mount fusectl: %w", err)
+		}
+	}
+	p := fmt.Sprintf("%s/%d/abort", fusectlDir, unix.Minor(dev))
 	return os.WriteFile(p, []byte("1"), 0)
 }
 

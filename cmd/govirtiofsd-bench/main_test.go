@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -16,7 +17,7 @@ func TestSmokeNative(t *testing.T) {
 	out := filepath.Join(dir, "out")
 	code := run([]string{
 		"-daemons", "native", "-runs", "2", "-files", "50", "-size", "64KiB",
-		"-randreads", "8", "-walkfiles", "1200", "-bigwalkfiles", "0",
+		"-randreads", "8", "-walkfiles", "1200", "-bigwalkfiles", "0", "-fioruntime", "100ms",
 		"-fs", "disk", "-workdir", dir, "-out", out,
 		"-drop=false", // do not flush the page cache of a shared CI machine
 	})
@@ -47,7 +48,12 @@ func TestSmokeNative(t *testing.T) {
 		}
 		c := r.Cells[0]
 		daemonOnly := strings.HasPrefix(r.Name, "rss-") || strings.HasPrefix(r.Name, "fds-") || strings.HasPrefix(r.Name, "restart-") || strings.HasPrefix(r.Name, "state-")
+		_, noFio := exec.LookPath("fio")
 		switch {
+		case strings.HasPrefix(r.Name, "fio-") && noFio != nil:
+			if !strings.Contains(c.NA, "fio not installed") {
+				t.Errorf("row %s without fio: %+v", r.Name, c)
+			}
 		case daemonOnly:
 			if c.NA == "" {
 				t.Errorf("row %s: native has numbers %v, want n/a", r.Name, c.Samples)

@@ -82,13 +82,17 @@ func main() {
 			Name:              "loopback-nopt",
 		},
 	}
+	// Catch SIGTERM before mounting: fs.Mount opens a file on the new
+	// mount (go-fuse's epoll hack), and dying by the default action at that
+	// moment leaves the process waiting on its own mount.
+	c := make(chan os.Signal, 1)
+	signal.Notify(c, os.Interrupt, syscall.SIGTERM)
 	server, err := fs.Mount(mnt, root.RootNode, opts)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "loopback-nopt: mount: %v\n", err)
 		os.Exit(1)
 	}
-	c := make(chan os.Signal, 1)
-	signal.Notify(c, os.Interrupt, syscall.SIGTERM)
+	fmt.Println("Mounted!")
 	go func() {
 		<-c
 		server.Unmount()
