@@ -23,18 +23,29 @@ type lockKey struct {
 	nodeid, owner uint64
 }
 
+// ownerLock is one lock owner's open file description on a file, and the
+// guest pid that last locked through it (what F_GETLK reports).
+type ownerLock struct {
+	fd  int
+	pid uint32
+}
+
 // lockFiles maps lock owners to their host open file descriptions.
 type lockFiles struct {
 	mu  sync.Mutex
-	fds map[lockKey]int // +checklocks:mu
+	fds map[lockKey]*ownerLock // +checklocks:mu
 }
 
-// ownerFD returns the host fd for key, opening it like f if needed.
-func (fs *FS) ownerFD(key lockKey, f *file) (int, fuse.Status) {
+// ownerFD returns the host fd for key, opening it like f if needed, and
+// records pid as the owner's (when not 0).
+func (fs *FS) ownerFD(key lockKey, f *file, pid uint32) (int, fuse.Status) {
 	fs.locks.mu.Lock()
 	defer fs.locks.mu.Unlock()
-	if fd, ok := fs.locks.fds[key]; ok {
-		return fd, fuse.OK
+	if o, ok := fs.locks.fds[key]; ok {
+		if pid != 0 {
+			o.pid = pid
+		}
+		return o.fd, fuse.OK
 	}
 	flags, err := unix.FcntlInt(uintptr(f.fd), unix.F_GETFL, 0)
 	if err != nil {
@@ -45,21 +56,40 @@ func (fs *FS) ownerFD(key lockKey, f *file) (int, fuse.Status) {
 		return -1, st
 	}
 	if fs.locks.fds == nil {
-		fs.locks.fds = map[lockKey]int{}
+		fs.locks.fds = map[lockKey]*ownerLock{}
 	}
-	fs.locks.fds[key] = fd
+	fs.locks.fds[key] = &ownerLock{fd: fd, pid: pid}
 	return fd, fuse.OK
+}
+
+// holderPid finds which other owner of the file holds the conflicting lock
+// fl (found through key's fd) and returns its guest pid, or 0 (a host
+// process, or not found). An owner whose own F_OFD_GETLK sees no conflict
+// on fl's range holds every lock there, so it is the holder.
+func (fs *FS) holderPid(key lockKey, fl unix.Flock_t) uint32 {
+	fs.locks.mu.Lock()
+	defer fs.locks.mu.Unlock()
+	for k, o := range fs.locks.fds {
+		if k.nodeid != key.nodeid || k.owner == key.owner {
+			continue
+		}
+		probe := unix.Flock_t{Type: unix.F_WRLCK, Whence: 0, Start: fl.Start, Len: fl.Len}
+		if unix.FcntlFlock(uintptr(o.fd), unix.F_OFD_GETLK, &probe) == nil && probe.Type == unix.F_UNLCK {
+			return o.pid
+		}
+	}
+	return 0
 }
 
 // dropOwnerLocks closes the owner's open file description, which releases
 // every lock it holds on the file.
 func (fs *FS) dropOwnerLocks(key lockKey) {
 	fs.locks.mu.Lock()
-	fd, ok := fs.locks.fds[key]
+	o, ok := fs.locks.fds[key]
 	delete(fs.locks.fds, key)
 	fs.locks.mu.Unlock()
 	if ok {
-		unix.Close(fd)
+		unix.Close(o.fd)
 	}
 }
 
@@ -78,7 +108,8 @@ func (fs *FS) GetLk(cancel <-chan struct{}, in *fuse.LkIn, out *fuse.LkOut) fuse
 		return fuse.EBADF
 	}
 	defer f.release()
-	fd, st := fs.ownerFD(lockKey{in.NodeId, in.Owner}, f)
+	key := lockKey{in.NodeId, in.Owner}
+	fd, st := fs.ownerFD(key, f, 0)
 	if !st.Ok() {
 		return st
 	}
@@ -94,8 +125,9 @@ func (fs *FS) GetLk(cancel <-chan struct{}, in *fuse.LkIn, out *fuse.LkOut) fuse
 		} else {
 			out.Lk.End = uint64(fl.Start + fl.Len - 1)
 		}
-		// An OFD lock has no owning process (l_pid -1); report 0.
-		out.Lk.Pid = 0
+		// An OFD lock has no owning process (l_pid -1): report the
+		// guest pid of the owner that holds it.
+		out.Lk.Pid = fs.holderPid(key, fl)
 	}
 	return fuse.OK
 }
@@ -133,7 +165,7 @@ func (fs *FS) setLk(in *fuse.LkIn, wait bool) fuse.Status {
 		}
 		return errno(err)
 	}
-	fd, st := fs.ownerFD(lockKey{in.NodeId, in.Owner}, f)
+	fd, st := fs.ownerFD(lockKey{in.NodeId, in.Owner}, f, in.Lk.Pid)
 	if !st.Ok() {
 		return st
 	}
