@@ -82,7 +82,10 @@ func Open(dir string, opts Options) (Store, error) {
 	return s, nil
 }
 
-func open(dir string, opts Options) (*diskStore, error) {
+func open(dir string, opts Options) (*diskStore, error) { return openGen(dir, opts, 0) }
+
+// openGen is open; a store it creates gets generation gen (random if 0).
+func openGen(dir string, opts Options, gen uint64) (*diskStore, error) {
 	logger := opts.Logger
 	if logger == nil {
 		logger = slog.Default()
@@ -112,6 +115,7 @@ func open(dir string, opts Options) (*diskStore, error) {
 		reported: make(map[NodeID]struct{}),
 	}
 	s.bufs.New = func() any { return new(slotBuf) }
+	s.gen = gen
 	s.ix.k0 = binary.LittleEndian.Uint64(s.keys.index)
 	s.ix.k1 = binary.LittleEndian.Uint64(s.keys.index[8:])
 	s.ix.fd = -1
@@ -141,7 +145,10 @@ func (s *diskStore) openFiles() error {
 			return errors.New("header missing but records file is not empty")
 		}
 		fresh = true
-		hdr = header{generation: newGeneration(), reserved: RootID, indexSeq: 1, indexBits: minIndexBits}
+		if s.gen == 0 {
+			s.gen = newGeneration()
+		}
+		hdr = header{generation: s.gen, reserved: RootID, indexSeq: 1, indexBits: minIndexBits}
 		if err := zeroFill(metaFD, 0, 2*headerStride); err != nil {
 			return fmt.Errorf("allocate header: %w", err)
 		}
