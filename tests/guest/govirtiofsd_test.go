@@ -44,4 +44,9 @@ func TestGovirtiofsd(t *testing.T) {
 	}
 	expect(t, rep, "reboot", checks.Pass, "")
 	expect(t, rep, "reconnect", checks.Pass, "")
+	for _, when := range []string{"reboot", "reconnect"} {
+		if s, ok := rep.Samples[when]; !ok || s.FDs > maxFDs+100 {
+			t.Errorf("fds after %s = %v, want ≤ %d", when, s, maxFDs+100)
+		}
+	}
 }

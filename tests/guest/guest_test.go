@@ -160,8 +160,12 @@ func TestCVirtiofsd(t *testing.T) {
 	if s := rep.WalkSample; s == nil || s.FDs < 19000 {
 		t.Errorf("c: fds after the walk = %v, want ≥ 19000 (one per inode)", s)
 	}
-	// A guest reboot keeps working (token written before the walk) ...
+	// A guest reboot keeps working (token written before the walk), and
+	// the device reset makes the daemon drop its per-inode fds ...
 	expect(t, rep, "reboot", checks.Pass, "")
+	if s, ok := rep.Samples["reboot"]; !ok || s.FDs > 200 {
+		t.Errorf("c: fds after the guest's reboot = %v, want ≤ 200", s)
+	}
 	// ... but the daemon exits when QEMU disconnects.
 	expect(t, rep, "reconnect", checks.Fail, "daemon exited")
 }
@@ -184,6 +188,9 @@ func TestRustVirtiofsd(t *testing.T) {
 		t.Errorf("rust: fds after the walk = %v, want ≥ 19000 (one per inode)", s)
 	}
 	expect(t, rep, "reboot", checks.Pass, "")
+	if s, ok := rep.Samples["reboot"]; !ok || s.FDs > 200 {
+		t.Errorf("rust: fds after the guest's reboot = %v, want ≤ 200", s)
+	}
 	expect(t, rep, "reconnect", checks.Fail, "daemon exited")
 }
 
