@@ -63,7 +63,7 @@ const guestBase = 0x40000000
 // wantedProtocol is what we accept of the back-end's protocol features.
 const wantedProtocol = wire.ProtocolMQ | wire.ProtocolReplyAck | wire.ProtocolConfig |
 	wire.ProtocolConfigureMemSlots | wire.ProtocolStatus | wire.ProtocolResetDevice |
-	wire.ProtocolDeviceState
+	wire.ProtocolDeviceState | wire.ProtocolLogSHMFD
 
 // Frontend is one connection to a vhost-user back-end.
 type Frontend struct {
@@ -373,4 +373,72 @@ func (f *Frontend) StopQueue(i int) (uint16, error) {
 		return 0, fmt.Errorf("vhostfront: GET_VRING_BASE: reply of %d bytes", len(p))
 	}
 	return uint16(wire.DecodeVringState(p).Num), nil
+}
+
+// DirtyLog is a dirty page bitmap shared with the back-end (live
+// migration): one bit per 4 KiB page of guest physical
+// memory, counted from address 0.
+type DirtyLog struct {
+	Bitmap []byte
+	file   *os.File
+}
+
+// Close unmaps the log.
+func (l *DirtyLog) Close() {
+	unix.Munmap(l.Bitmap)
+	l.file.Close()
+}
+
+// PageDirty reports whether the page holding gpa is marked.
+func (l *DirtyLog) PageDirty(gpa uint64) bool {
+	p := gpa >> 12
+	return p/8 < uint64(len(l.Bitmap)) && l.Bitmap[p/8]&(1<<(p%8)) != 0
+}
+
+// EnableDirtyLog starts migration-style dirty logging as QEMU does:
+// SET_LOG_BASE with a shared bitmap covering guest memory, SET_FEATURES
+// with VHOST_F_LOG_ALL, and SET_VRING_ADDR with the log flag on every ring.
+func (f *Frontend) EnableDirtyLog() (*DirtyLog, error) {
+	if f.protocol&wire.ProtocolLogSHMFD == 0 {
+		return nil, errors.New("vhostfront: back-end lacks LOG_SHMFD")
+	}
+	pages := (guestBase + uint64(len(f.mem))) >> 12
+	size := (pages/8 + 4095) &^ 4095
+	fd, err := unix.MemfdCreate("vhostfront-log", unix.MFD_CLOEXEC)
+	if err != nil {
+		return nil, err
+	}
+	file := os.NewFile(uintptr(fd), "dirty-log")
+	if err := file.Truncate(int64(size)); err != nil {
+		file.Close()
+		return nil, err
+	}
+	bm, err := unix.Mmap(fd, 0, int(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		file.Close()
+		return nil, err
+	}
+	l := &DirtyLog{Bitmap: bm, file: file}
+	p := make([]byte, 16)
+	copy(p, wire.EncodeU64(size))
+	r, err := f.CallWithFDs(wire.ReqSetLogBase, p, []int{fd})
+	if err == nil && (len(r) != 8 || (&wire.Message{Payload: r}).U64() != 0) {
+		err = fmt.Errorf("vhostfront: SET_LOG_BASE refused: %x", r)
+	}
+	if err == nil {
+		err = f.SetU64(wire.ReqSetFeatures, f.features|wire.FeatureLogAll)
+	}
+	for _, q := range f.queues {
+		if err != nil {
+			break
+		}
+		ua := func(gpa uint64) uint64 { return uint64(uintptrOf(f.guest(gpa, 1))) }
+		a := wire.VringAddr{Index: uint32(q.index), Flags: wire.VringAddrFLog, DescUser: ua(q.desc), UsedUser: ua(q.used), AvailUser: ua(q.avail), Log: q.used}
+		err = f.Send(wire.ReqSetVringAddr, wire.EncodeVringAddr(a), nil)
+	}
+	if err != nil {
+		l.Close()
+		return nil, err
+	}
+	return l, nil
 }

@@ -55,7 +55,10 @@ func testLogger(t testing.TB) *slog.Logger {
 
 type testWriter struct{ t testing.TB }
 
-func (w testWriter) Write(b []byte) (int, error) { w.t.Log(string(bytes.TrimSpace(b))); return len(b), nil }
+func (w testWriter) Write(b []byte) (int, error) {
+	w.t.Log(string(bytes.TrimSpace(b)))
+	return len(b), nil
+}
 
 // backend runs vhostuser.Serve on a temp socket until the test ends.
 type backend struct {
@@ -501,4 +504,52 @@ func BenchmarkEcho64K(b *testing.B) {
 			}
 		}
 	})
+}
+
+// TestDirtyLog checks migration logging: once enabled, the pages the
+// back-end wrote (reply buffer, used ring) are marked, others are not.
+func TestDirtyLog(t *testing.T) {
+	checkLeaks(t)
+	b := startBackend(t, vhostuser.Config{NewHandler: func() vhostuser.Handler { return &echo{} }, ThreadPoolSize: 1})
+	f := dial(t, b, Options{})
+	if out, err := f.Do(1, [][]byte{[]byte("before")}, 6); err != nil || string(out) != "erofeb" {
+		t.Fatal(out, err)
+	}
+	l, err := f.EnableDirtyLog()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	for _, c := range l.Bitmap {
+		if c != 0 {
+			t.Fatal("bits set before any write")
+		}
+	}
+	// The reply lands in the first free heap chunk.
+	s, err := f.allocate(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.free([]span{s})
+	out, err := f.Do(1, [][]byte{bytes.Repeat([]byte("a"), 10000)}, 10000)
+	if err != nil || len(out) != 10000 {
+		t.Fatal(len(out), err)
+	}
+	q1 := f.queues[1]
+	if !l.PageDirty(q1.used) {
+		t.Error("used ring page of queue 1 not logged")
+	}
+	if l.PageDirty(f.queues[HiprioQueue].used) {
+		t.Error("used ring of the idle hiprio queue logged")
+	}
+	if l.PageDirty(q1.desc) {
+		t.Error("descriptor table logged although the device never writes it")
+	}
+	// The reply buffer follows the 10000-byte request buffer in the heap.
+	replyStart := guestBase + uint64(s.off) + 10048
+	for gpa := replyStart; gpa < replyStart+10000; gpa += 4096 {
+		if !l.PageDirty(gpa) {
+			t.Errorf("reply page %#x not logged", gpa)
+		}
+	}
 }

@@ -22,9 +22,10 @@ func aLongTimeAgo() time.Time { return time.Unix(1, 0) }
 // Feature sets this back-end offers.
 const (
 	offeredFeatures = wire.FeatureVersion1 | wire.FeatureRingIndirectDesc |
-		wire.FeatureRingEventIdx | wire.FeatureProtocolFeatures
+		wire.FeatureRingEventIdx | wire.FeatureProtocolFeatures | wire.FeatureLogAll
 	offeredProtocol = wire.ProtocolMQ | wire.ProtocolReplyAck | wire.ProtocolBackendReq |
-		wire.ProtocolResetDevice | wire.ProtocolConfigureMemSlots | wire.ProtocolStatus
+		wire.ProtocolResetDevice | wire.ProtocolConfigureMemSlots | wire.ProtocolStatus |
+		wire.ProtocolLogSHMFD
 )
 
 // device is the back-end state of one front-end connection.
@@ -46,6 +47,8 @@ type device struct {
 	backendReq *os.File // SET_BACKEND_REQ_FD, kept for future backend requests
 	vrings     []*vring
 	devState   *deviceStateTransfer
+
+	dirty dirtyLog // shared with the request workers
 
 	mu sync.Mutex
 	// mem is the current memory table (one reference held here).
@@ -211,6 +214,17 @@ func (d *device) dispatch(m *wire.Message) error {
 		return d.setDeviceStateFD(m)
 	case wire.ReqCheckDeviceState:
 		return d.checkDeviceState(m)
+	case wire.ReqSetLogBase:
+		if d.protocol&wire.ProtocolLogSHMFD == 0 {
+			break // no reply of its own: ack below
+		}
+		err := d.setLogBase(m)
+		var v uint64
+		if err != nil {
+			d.log.Warn("vhost-user SET_LOG_BASE failed", "err", err)
+			v = 1
+		}
+		return d.reply(m, wire.EncodeU64(v))
 	}
 	return d.ack(m, d.handleSet(m))
 }
@@ -246,6 +260,7 @@ func (d *device) handleSet(m *wire.Message) error {
 			return fmt.Errorf("features %#x not offered (offered %#x)", f, uint64(offeredFeatures))
 		}
 		d.features = f
+		d.dirty.active.Store(f&wire.FeatureLogAll != 0)
 		if f&wire.FeatureProtocolFeatures == 0 {
 			d.protocol = 0
 		}
@@ -285,8 +300,10 @@ func (d *device) handleSet(m *wire.Message) error {
 		return nil
 	case wire.ReqSetConfig:
 		return errors.New("the virtio-fs config space is read-only")
-	case wire.ReqSetLogBase, wire.ReqSetLogFD:
-		return errors.New("dirty page logging not supported (LOG_SHMFD not offered)")
+	case wire.ReqSetLogBase:
+		return errors.New("SET_LOG_BASE without LOG_SHMFD")
+	case wire.ReqSetLogFD:
+		return errors.New("SET_LOG_FD (log eventfd) not supported")
 	case wire.ReqSetVringNum, wire.ReqSetVringBase, wire.ReqSetVringEnable:
 		s := wire.DecodeVringState(m.Payload)
 		v, err := d.vring(s.Index)
@@ -489,6 +506,8 @@ func (d *device) resetDevice() {
 		old.Release()
 	}
 	d.features, d.protocol, d.status = 0, 0, 0
+	d.dirty.active.Store(false)
+	d.dirty.close()
 	if d.devState != nil {
 		d.devState.close()
 		d.devState = nil

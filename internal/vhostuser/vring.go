@@ -45,6 +45,10 @@ type vring struct {
 	// broken is set when the driver broke the ring protocol; the ring
 	// then takes no more requests until it is restarted.
 	broken bool // +checklocks:mu
+	// logUsed and logAddr say whether and where (guest physical) to log
+	// used-ring writes (SET_VRING_ADDR's VHOST_VRING_F_LOG).
+	logUsed bool   // +checklocks:mu
+	logAddr uint64 // +checklocks:mu
 }
 
 // runner is the goroutines serving a started ring.
@@ -101,6 +105,9 @@ func (v *vring) setAddr(a wire.VringAddr) error {
 		}
 	}
 	v.addr, v.addrSet = a, true
+	v.mu.Lock()
+	v.logUsed, v.logAddr = a.Flags&wire.VringAddrFLog != 0, a.Log
+	v.mu.Unlock()
 	return nil
 }
 
@@ -249,6 +256,9 @@ func (v *vring) reset() {
 	v.kick, v.errFD = nil, nil
 	v.setCall(nil)
 	v.num, v.addr, v.addrSet, v.base = 0, wire.VringAddr{}, false, 0
+	v.mu.Lock()
+	v.logUsed, v.logAddr = false, 0
+	v.mu.Unlock()
 	v.enabled.Store(false)
 }
 
@@ -330,8 +340,7 @@ func (v *vring) pop() (*request, error) {
 			// The chain is unusable, but its head is valid: hand it
 			// back empty so the driver can reclaim it.
 			v.log.Warn("malformed descriptor chain refused", "head", head, "err", err)
-			q.Push(head, 0)
-			v.notifyLocked()
+			v.pushLocked(head, 0)
 			continue
 		}
 		return &request{chain: c, mem: q.Memory().Acquire()}, nil
@@ -359,13 +368,23 @@ func (v *vring) worker(r *runner) {
 // serve runs the Handler on one request and completes it.
 func (v *vring) serve(req *request) {
 	n := v.handle(req.chain)
+	v.d.dirty.markChain(req.chain, n)
 	req.mem.Release()
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if v.q == nil {
 		return // cannot happen: stop waits for requests
 	}
-	v.q.Push(req.chain.Head, n)
+	v.pushLocked(req.chain.Head, n)
+}
+
+// pushLocked returns a chain to the driver, logs the used-ring write for
+// migration and interrupts the driver if it asks for it.
+func (v *vring) pushLocked(head uint16, n uint32) {
+	v.q.Push(head, n)
+	if v.logUsed {
+		v.d.dirty.mark(v.logAddr, virtqueue.UsedRingBytes(v.q.Size()))
+	}
 	v.notifyLocked()
 }
 

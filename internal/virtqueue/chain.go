@@ -11,6 +11,9 @@ type Chain struct {
 	Head uint16   // head index, to hand back to Queue.Push
 	In   [][]byte // device-readable buffers (the request), in order
 	Out  [][]byte // device-writable buffers (the reply), in order
+	// OutAddr[i] is the guest physical address of Out[i], for dirty
+	// page logging during migration.
+	OutAddr []uint64
 	// InLen and OutLen are the byte totals of In and Out.
 	InLen, OutLen uint32
 }
@@ -78,7 +81,13 @@ func (q *Queue) ReadChain(mem *Memory, head uint16) (*Chain, error) {
 		var err error
 		if d.flags&DescFWrite != 0 {
 			outLen += uint64(d.len)
+			before := len(c.Out)
 			c.Out, err = mem.Translate(c.Out, d.addr, uint64(d.len))
+			g := d.addr
+			for _, e := range c.Out[before:] {
+				c.OutAddr = append(c.OutAddr, g)
+				g += uint64(len(e))
+			}
 		} else {
 			if len(c.Out) > 0 || outLen > 0 {
 				return nil, fmt.Errorf("chain at head %d: device-readable descriptor after a writable one: %w", head, ErrBrokenRing)
