@@ -716,12 +716,19 @@ func (s *diskStore) Update(r Record) error {
 		return fmt.Errorf("nodestore: update: %w", err)
 	}
 	r = cloneRecord(r)
+	oldK, newK := inoKey{old.Mount, old.Ino}, inoKey{r.Mount, r.Ino}
+	if tampered || oldK != newK {
+		// Room in the index first: a full disk fails the Update before
+		// it changes anything.
+		if err := s.maintainIndexLocked(s.migStep); err != nil {
+			return fmt.Errorf("nodestore: update nodeid %d: %w", r.ID, err)
+		}
+	}
 	if err := s.writeRecordLocked(&r); err != nil {
 		s.cache.delRec(r.ID)
 		return fmt.Errorf("nodestore: update nodeid %d: %w", r.ID, err)
 	}
 	s.cache.putRec(r)
-	oldK, newK := inoKey{old.Mount, old.Ino}, inoKey{r.Mount, r.Ino}
 	if !tampered && oldK != newK {
 		s.cache.delIno(oldK, r.ID)
 		if err := s.indexDelLocked(oldK, r.ID); err != nil {
@@ -729,9 +736,6 @@ func (s *diskStore) Update(r Record) error {
 		}
 	}
 	if tampered || oldK != newK {
-		if err := s.maintainIndexLocked(s.migStep); err != nil {
-			return fmt.Errorf("nodestore: update nodeid %d: %w", r.ID, err)
-		}
 		if err := s.indexPutLocked(newK, r.ID); err != nil {
 			return fmt.Errorf("nodestore: update nodeid %d: %w", r.ID, err)
 		}
