@@ -52,6 +52,7 @@ type config struct {
 	exitOnDisconnect  bool
 	numQueues         int
 	supervise         bool
+	fusePassthrough   bool
 }
 
 func parseFlags(args []string) (*config, error) {
@@ -81,6 +82,7 @@ func parseFlags(args []string) (*config, error) {
 	fs.BoolVar(&c.printCaps, "print-capabilities", false, "print the vhost-user capabilities JSON and exit")
 	fs.BoolVar(&c.exitOnDisconnect, "exit-on-disconnect", false, "exit when the vhost-user front-end disconnects")
 	fs.IntVar(&c.numQueues, "num-request-queues", 1, "virtio-fs request queues offered")
+	fs.BoolVar(&c.fusePassthrough, "fuse-passthrough", true, "/dev/fuse: let the kernel read and write opened files directly on the host (FUSE passthrough, Linux 6.9+, root); cache auto or always only")
 	fs.BoolVar(&c.supervise, "supervise", false, "keep the /dev/fuse connection in a supervisor process and restart the serving process if it dies")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -240,7 +242,10 @@ func serveDevFuse(ctx context.Context, c *config, fsys *passthrough.FS, table *i
 		}
 		storeInSystemd(fd, log)
 	}
-	eng := engine.New(fsys, engine.Options{Logger: log, OnInit: saveInit(stateDir, log)})
+	if c.fusePassthrough && os.Geteuid() == 0 {
+		fsys.EnableBacking(devfuse.Backing{FD: fd})
+	}
+	eng := engine.New(fsys, engine.Options{Logger: log, OnInit: saveInit(stateDir, log), Passthrough: c.fusePassthrough})
 	if resume {
 		req, err := loadInit(stateDir)
 		if err != nil {

@@ -28,6 +28,9 @@ type Options struct {
 	// OnInit, if set, receives every INIT request the engine answers (not
 	// replays), so it can be saved for a successor process.
 	OnInit func(req []byte)
+	// Passthrough negotiates FUSE passthrough (max_stack_depth 1), for
+	// /dev/fuse connections whose file system registers backing files.
+	Passthrough bool
 }
 
 // DefaultMaxWrite is the largest payload negotiated by default (256 pages,
@@ -61,6 +64,7 @@ func New(fs FileSystem, opts Options) *Engine {
 		Logger:            slog.NewLogLogger(opts.Logger.Handler(), slog.LevelWarn),
 		DisableSplice:     true,
 		EnableLocks:       true,
+		MaxStackDepth:     map[bool]int{true: 1}[opts.Passthrough],
 	}
 	return &Engine{ps: fuse.NewProtocolServer(fs, mo), fs: fs, onInit: opts.OnInit}
 }

@@ -43,10 +43,17 @@ type Entry struct {
 	NodeID uint64
 	Flags  uint32 // host open flags
 	Kind   Kind
+	// BackingID is the kernel's id for the file's FUSE passthrough
+	// backing file (0: none). It stays valid across a restart of the
+	// server, so a successor reuses it rather than register a second one
+	// for the same inode (which the kernel refuses).
+	BackingID int32
 }
 
 const (
-	slotSize = 48 // fh, nodeid, flags, kind, mac[16], pad
+	slotSize = 48 // fh, nodeid, flags, kind, backing id, pad, mac[16]
+	sealed   = 32 // bytes covered by the MAC
+	macOff   = 32
 	macLen   = 16
 )
 
@@ -98,7 +105,7 @@ func Open(path string, key []byte, log *slog.Logger) (*Table, error) {
 		switch {
 		case e.FH == 0:
 			t.free = append(t.free, slot)
-		case e.FH != slot+1 || !hmac.Equal(b[24:24+macLen], t.seal(slot, b)):
+		case e.FH != slot+1 || !hmac.Equal(b[macOff:macOff+macLen], t.seal(slot, b)):
 			log.Error("file table slot failed its integrity check; ignoring it", "file", path, "slot", slot)
 			t.free = append(t.free, slot)
 		default:
@@ -115,21 +122,29 @@ func decode(b []byte) Entry {
 		NodeID: binary.LittleEndian.Uint64(b[8:]),
 		Flags:  binary.LittleEndian.Uint32(b[16:]),
 		Kind:   Kind(binary.LittleEndian.Uint32(b[20:])),
+
+		BackingID: int32(binary.LittleEndian.Uint32(b[24:])),
 	}
 }
 
-// seal computes the MAC of slot's first 24 bytes.
+// seal computes the MAC of a slot's sealed bytes.
 func (t *Table) seal(slot uint64, b []byte) []byte {
 	m := hmac.New(sha256.New, t.mac)
 	var s [8]byte
 	binary.LittleEndian.PutUint64(s[:], slot)
 	m.Write(s[:])
-	m.Write(b[:24])
+	m.Write(b[:sealed])
 	return m.Sum(nil)[:macLen]
 }
 
 // Add records a new open file and returns its fh.
 func (t *Table) Add(nodeid uint64, flags uint32, kind Kind) (uint64, error) {
+	return t.AddBacked(nodeid, flags, kind, 0)
+}
+
+// AddBacked records a new open file served by FUSE passthrough through the
+// kernel backing file backingID.
+func (t *Table) AddBacked(nodeid uint64, flags uint32, kind Kind, backingID int32) (uint64, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	var slot uint64
@@ -139,7 +154,7 @@ func (t *Table) Add(nodeid uint64, flags uint32, kind Kind) (uint64, error) {
 		slot = t.nextFH - 1
 		t.nextFH++
 	}
-	e := Entry{FH: slot + 1, NodeID: nodeid, Flags: flags, Kind: kind}
+	e := Entry{FH: slot + 1, NodeID: nodeid, Flags: flags, Kind: kind, BackingID: backingID}
 	if err := t.writeLocked(slot, e); err != nil {
 		t.free = append(t.free, slot)
 		return 0, err
@@ -158,7 +173,8 @@ func (t *Table) writeLocked(slot uint64, e Entry) error {
 		binary.LittleEndian.PutUint64(b[8:], e.NodeID)
 		binary.LittleEndian.PutUint32(b[16:], e.Flags)
 		binary.LittleEndian.PutUint32(b[20:], uint32(e.Kind))
-		copy(b[24:], t.seal(slot, b[:]))
+		binary.LittleEndian.PutUint32(b[24:], uint32(e.BackingID))
+		copy(b[macOff:], t.seal(slot, b[:]))
 	}
 	if _, err := t.f.WriteAt(b[:], int64(slot*slotSize)); err != nil {
 		return fmt.Errorf("write file table: %w", err)
@@ -166,14 +182,16 @@ func (t *Table) writeLocked(slot uint64, e Entry) error {
 	return nil
 }
 
-// Remove forgets fh (RELEASE / RELEASEDIR).
-func (t *Table) Remove(fh uint64) {
+// Remove forgets fh (RELEASE / RELEASEDIR) and returns what it named.
+func (t *Table) Remove(fh uint64) (Entry, bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	_, live := t.live[fh]
-	_, old := t.resumed[fh]
-	if !live && !old {
-		return
+	e, live := t.live[fh]
+	if !live {
+		var old bool
+		if e, old = t.resumed[fh]; !old {
+			return Entry{}, false
+		}
 	}
 	delete(t.live, fh)
 	delete(t.resumed, fh)
@@ -181,6 +199,18 @@ func (t *Table) Remove(fh uint64) {
 		t.log.Warn("clear file table slot", "fh", fh, "err", err)
 	}
 	t.free = append(t.free, fh-1)
+	return e, true
+}
+
+// Resumed lists the entries a predecessor left that are not live again yet.
+func (t *Table) Resumed() []Entry {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make([]Entry, 0, len(t.resumed))
+	for _, e := range t.resumed {
+		out = append(out, e)
+	}
+	return out
 }
 
 // Resume returns the entry a predecessor process recorded for fh, if the

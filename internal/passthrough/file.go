@@ -16,9 +16,10 @@ import (
 // fd is closed, and the node reference dropped, with the last reference, so
 // a RELEASE racing a READ never closes the fd under it.
 type file struct {
-	fd   int
-	node *inode.Node
-	refs atomic.Int32
+	fd        int
+	node      *inode.Node
+	backingID int32 // FUSE passthrough backing id, 0 if none
+	refs      atomic.Int32
 }
 
 func (f *file) release() {
@@ -28,23 +29,31 @@ func (f *file) release() {
 	}
 }
 
-// addFile registers an open fd (opened with host flags) and returns its
-// FUSE file handle, recorded in the open-file table so a successor process
-// can reopen it. It takes over fd and one reference on n; on error it
-// releases both.
-func (fs *FS) addFile(fd int, n *inode.Node, flags int) (uint64, error) {
-	fh, err := fs.openFiles.Add(uint64(n.ID), uint32(flags&^(unix.O_TRUNC|unix.O_CREAT|unix.O_EXCL|unix.O_TMPFILE|unix.O_NOFOLLOW)), openfiles.File)
+// addFile registers an open fd (opened with host flags) and fills the
+// reply's file handle, recorded in the open-file table so a successor
+// process can reopen it, and its passthrough backing. It takes over fd and
+// one reference on n; on error it releases both.
+func (fs *FS) addFile(fd int, n *inode.Node, flags int, out *fuse.OpenOut) error {
+	var backing int32
+	if n.Type == unix.S_IFREG {
+		backing = fs.acquireBacking(uint64(n.ID), fd)
+	}
+	fh, err := fs.openFiles.AddBacked(uint64(n.ID), uint32(flags&^(unix.O_TRUNC|unix.O_CREAT|unix.O_EXCL|unix.O_TMPFILE|unix.O_NOFOLLOW)), openfiles.File, backing)
 	if err != nil {
+		fs.releaseBacking(uint64(n.ID), backing)
 		unix.Close(fd)
 		n.Release()
-		return 0, err
+		return err
 	}
-	f := &file{fd: fd, node: n}
+	out.Fh = fh
+	fs.openOutFlags(out)
+	setPassthrough(out, backing)
+	f := &file{fd: fd, node: n, backingID: backing}
 	f.refs.Store(1)
 	fs.handlesMu.Lock()
 	fs.files[fh] = f
 	fs.handlesMu.Unlock()
-	return fh, nil
+	return nil
 }
 
 // file returns the open file for fh (on nodeid) with a reference, or nil.
@@ -72,7 +81,7 @@ func (fs *FS) file(nodeid, fh uint64) *file {
 		n.Release()
 		return nil
 	}
-	f = &file{fd: fd, node: n}
+	f = &file{fd: fd, node: n, backingID: e.BackingID}
 	f.refs.Store(2) // the table's and the caller's
 	fs.handlesMu.Lock()
 	if old, ok := fs.files[fh]; ok {
@@ -134,13 +143,7 @@ func (fs *FS) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) f
 		n.Release()
 		return st
 	}
-	fh, err := fs.addFile(fd, n, flags)
-	if err != nil {
-		return errno(err)
-	}
-	out.Fh = fh
-	fs.openOutFlags(out)
-	return fuse.OK
+	return errno(fs.addFile(fd, n, flags, out))
 }
 
 // reopen opens the file node n names with flags.
@@ -181,13 +184,7 @@ func (fs *FS) Create(cancel <-chan struct{}, in *fuse.CreateIn, name string, out
 		return errno(err)
 	}
 	fs.fillEntry(n, &sx, &out.EntryOut)
-	fh, err := fs.addFile(fd, n, flags)
-	if err != nil {
-		return errno(err)
-	}
-	out.Fh = fh
-	fs.openOutFlags(&out.OpenOut)
-	return fuse.OK
+	return errno(fs.addFile(fd, n, flags, &out.OpenOut))
 }
 
 // Tmpfile creates an unnamed file in the directory (O_TMPFILE); a later
@@ -230,13 +227,7 @@ func (fs *FS) Tmpfile(cancel <-chan struct{}, in *fuse.CreateIn, out *fuse.Creat
 		return errno(err)
 	}
 	fs.fillEntry(n, &sx, &out.EntryOut)
-	fh, err := fs.addFile(fd, n, flags)
-	if err != nil {
-		return errno(err)
-	}
-	out.Fh = fh
-	fs.openOutFlags(&out.OpenOut)
-	return fuse.OK
+	return errno(fs.addFile(fd, n, flags, &out.OpenOut))
 }
 
 // Read returns a result that reads straight from the host fd into the
@@ -298,7 +289,10 @@ func (fs *FS) Flush(cancel <-chan struct{}, in *fuse.FlushIn) fuse.Status {
 
 // Release drops the handle; the fd closes when no request uses it.
 func (fs *FS) Release(cancel <-chan struct{}, in *fuse.ReleaseIn) {
-	fs.openFiles.Remove(in.Fh)
+	e, recorded := fs.openFiles.Remove(in.Fh)
+	if recorded {
+		fs.releaseBacking(e.NodeID, e.BackingID)
+	}
 	fs.handlesMu.Lock()
 	f, ok := fs.files[in.Fh]
 	delete(fs.files, in.Fh)

@@ -103,7 +103,9 @@ type Options struct {
 	// OpenFiles records file handles for restarts; nil keeps them in
 	// memory only.
 	OpenFiles *openfiles.Table
-	Logger    *slog.Logger
+	// Backing enables FUSE passthrough of READ/WRITE (/dev/fuse only).
+	Backing BackingFiles
+	Logger  *slog.Logger
 }
 
 // FS is the passthrough file system. Create it with New.
@@ -127,7 +129,8 @@ type FS struct {
 	// openFiles numbers file handles and keeps them for a successor.
 	openFiles *openfiles.Table
 
-	locks lockFiles
+	locks   lockFiles
+	backing backingIDs
 
 	handlesMu sync.Mutex
 	files     map[uint64]*file      // +checklocks:handlesMu
@@ -155,6 +158,7 @@ func New(table *inode.Table, opts Options) *FS {
 	if fs.openFiles == nil {
 		fs.openFiles = openfiles.OpenMemory()
 	}
+	fs.adoptBacking(fs.openFiles.Resumed())
 	switch opts.Cache {
 	case CacheAuto:
 		fs.entryTimeout, fs.attrTimeout = time.Second, time.Second
