@@ -478,11 +478,15 @@ func TestCrashChild(t *testing.T) {
 	if dir == "" {
 		t.Skip("helper for TestCrashSIGKILL")
 	}
-	s, err := Open(dir, Options{Logger: quietLogger(), CacheBytes: 1 << 16})
+	ds, err := open(dir, Options{Logger: quietLogger(), CacheBytes: 1 << 16})
 	if err != nil {
 		fmt.Println("ERR", err)
 		os.Exit(1)
 	}
+	if step, _ := strconv.ParseUint(os.Getenv("NODESTORE_CRASH_MIGSTEP"), 10, 64); step > 0 {
+		ds.migStep = step // long index migrations, to be killed in one
+	}
+	var s Store = ds
 	base, _ := strconv.ParseUint(os.Getenv("NODESTORE_CRASH_BASE"), 10, 64)
 	for i := base; ; i++ {
 		id, err := s.Insert(rec(0, i, 1, fmt.Sprint("c", i)))
@@ -499,10 +503,17 @@ func TestCrashSIGKILL(t *testing.T) {
 	dir := t.TempDir()
 	acked := map[NodeID]uint64{}
 	var maxID NodeID
-	for round := range 2 {
+	// Round 2 runs index migrations one entry per insert: the grow at
+	// 91750 entries then lasts long enough to be killed in the middle.
+	rounds := []struct{ killAfter, migStep int }{{20000, 0}, {27777, 0}, {56000, 1}}
+	if testing.Short() {
+		rounds = []struct{ killAfter, migStep int }{{2500, 0}, {3472, 0}}
+	}
+	for round, rd := range rounds {
 		cmd := exec.Command(os.Args[0], "-test.run=^TestCrashChild$", "-test.count=1")
 		cmd.Env = append(os.Environ(), crashEnv+"="+dir,
-			"NODESTORE_CRASH_BASE="+strconv.Itoa(round*10_000_000))
+			"NODESTORE_CRASH_BASE="+strconv.Itoa(round*10_000_000),
+			"NODESTORE_CRASH_MIGSTEP="+strconv.Itoa(rd.migStep))
 		out, err := cmd.StdoutPipe()
 		if err != nil {
 			t.Fatal(err)
@@ -511,10 +522,7 @@ func TestCrashSIGKILL(t *testing.T) {
 			t.Fatal(err)
 		}
 		sc := bufio.NewScanner(out)
-		killAfter := 20000 + round*7777
-		if testing.Short() {
-			killAfter /= 8
-		}
+		killAfter := rd.killAfter
 		n := 0
 		for sc.Scan() {
 			var id NodeID
@@ -542,7 +550,18 @@ func TestCrashSIGKILL(t *testing.T) {
 		t.Logf("round %d: %d inserts acknowledged before SIGKILL", round, n)
 		// Wait for the kernel to drop the dead child's flock.
 		time.Sleep(10 * time.Millisecond)
-		s := openT(t, dir, Options{CacheBytes: 1 << 16})
+		ds, err := open(dir, Options{Logger: quietLogger(), CacheBytes: 1 << 16})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rd.migStep > 0 {
+			if ds.mig == nil {
+				t.Errorf("round %d: child not killed during an index migration (%d records); adjust killAfter", round, len(acked))
+			} else {
+				t.Logf("round %d: killed during an index migration (frontier %d of %d buckets)", round, ds.mig.p-ds.mig.e, ds.mig.old.size())
+			}
+		}
+		var s Store = ds
 		for id, ino := range acked {
 			want := rec(0, ino, 1, fmt.Sprint("c", ino))
 			want.ID = id
