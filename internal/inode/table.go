@@ -59,7 +59,9 @@ type Table struct {
 	keyLocks [64]sync.Mutex
 	seed     maphash.Seed
 
-	mu    sync.Mutex
+	// mu guards the cache maps; lookups that only touch atomic node
+	// fields (refs, clock) take it for reading.
+	mu    sync.RWMutex
 	byID  map[NodeID]*Node // +checklocks:mu
 	byKey map[inoKey]*Node // +checklocks:mu
 	ring  []*Node          // +checklocks:mu (CLOCK order)
@@ -163,8 +165,8 @@ func (t *Table) close() error {
 
 // OpenFDs reports how many node fds the cache holds (for tests and metrics).
 func (t *Table) OpenFDs() int {
-	t.mu.Lock()
-	defer t.mu.Unlock()
+	t.mu.RLock()
+	defer t.mu.RUnlock()
 	return len(t.ring) + 1
 }
 
@@ -295,15 +297,15 @@ func (t *Table) registerKnown(fd int, st *unix.Statx_t) (*Node, error) {
 		return nil, err
 	}
 	key := inoKey{m.Index, st.Ino}
-	t.mu.Lock()
+	t.mu.RLock()
 	if n, ok := t.byKey[key]; ok {
 		n.IncRef()
 		n.clock.Store(true)
-		t.mu.Unlock()
+		t.mu.RUnlock()
 		unix.Close(fd)
 		return n, nil
 	}
-	t.mu.Unlock()
+	t.mu.RUnlock()
 	rec, err := t.store.ByIno(m.Index, st.Ino)
 	if err != nil {
 		unix.Close(fd)
@@ -328,15 +330,15 @@ func (t *Table) Register(parent *Node, name string, fd int, st *unix.Statx_t) (*
 	kl.Lock()
 	defer kl.Unlock()
 
-	t.mu.Lock()
+	t.mu.RLock()
 	if n, ok := t.byKey[key]; ok && n.Type == typ {
 		n.IncRef()
 		n.clock.Store(true)
-		t.mu.Unlock()
+		t.mu.RUnlock()
 		unix.Close(fd)
 		return n, nil
 	}
-	t.mu.Unlock()
+	t.mu.RUnlock()
 
 	rec, err := t.store.ByIno(m.Index, st.Ino)
 	switch {
@@ -389,8 +391,8 @@ func (t *Table) handleChanged(rec Record, fd int) bool {
 
 // cached returns the cached node for id, referenced, or nil.
 func (t *Table) cached(id NodeID) *Node {
-	t.mu.Lock()
-	defer t.mu.Unlock()
+	t.mu.RLock()
+	defer t.mu.RUnlock()
 	n, ok := t.byID[id]
 	if !ok {
 		return nil
@@ -460,11 +462,11 @@ func (t *Table) removeLocked(i int) {
 // Forget is the kernel dropping nlookup references. Nodeids stay valid; the
 // node's fd becomes the first candidate for eviction.
 func (t *Table) Forget(id NodeID, nlookup uint64) {
-	t.mu.Lock()
+	t.mu.RLock()
 	if n, ok := t.byID[id]; ok {
 		n.clock.Store(false)
 	}
-	t.mu.Unlock()
+	t.mu.RUnlock()
 }
 
 // Moved tells the table that the file now at name in newParent (already
