@@ -3,12 +3,14 @@ package bench
 import (
 	"bytes"
 	"context"
+	"errors"
 	"image/png"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -152,18 +154,100 @@ func TestStatsAndRatios(t *testing.T) {
 	if m, _, _ := stats([]float64{4, 1, 2, 3}); m != 2.5 {
 		t.Errorf("stats even: %v", m)
 	}
-	rr := RowResult{Row: Row{Name: "t"}, Cells: []Cell{
+	rr := RowResult{Row: Row{Name: "t", Ref: []string{"loopback"}}, Cells: []Cell{
 		{Peer: "a", Samples: []float64{2}, Median: 2},
 		{Peer: "loopback", Samples: []float64{4}, Median: 4},
 		{Peer: "b", NA: "broken"},
 	}}
-	setRatios(&rr, "loopback")
+	setRatios(&rr)
 	if rr.Cells[0].Ratio != 2 || rr.Cells[1].Ratio != 1 || rr.Cells[2].Ratio != 0 {
 		t.Errorf("lower-better ratios: %+v", rr.Cells)
 	}
 	rr.HigherBetter = true
-	setRatios(&rr, "loopback")
+	setRatios(&rr)
 	if rr.Cells[0].Ratio != 0.5 {
 		t.Errorf("higher-better ratio: %v", rr.Cells[0].Ratio)
+	}
+	// Two references: the better one counts.
+	rr.Ref = []string{"a", "loopback"}
+	setRatios(&rr)
+	if rr.Cells[0].Ratio != 0.5 || rr.Cells[1].Ratio != 1 {
+		t.Errorf("best-of-two ratios: %+v", rr.Cells)
+	}
+	rr.HigherBetter = false
+	setRatios(&rr)
+	if rr.Cells[0].Ratio != 1 || rr.Cells[1].Ratio != 0.5 {
+		t.Errorf("best-of-two lower-better ratios: %+v", rr.Cells)
+	}
+}
+
+// A vhost-user peer that exits instead of listening is n/a; the /dev/fuse
+// peers are not asked to run vhost rows.
+func TestVhostPeerFailsIsNA(t *testing.T) {
+	cfg := tinyConfig(t)
+	fake := filepath.Join(t.TempDir(), "govirtiofsd")
+	script := "#!/bin/sh\nif [ \"$1\" = --help ]; then echo '--socket-path --state-dir'; exit 0; fi\necho 'no vhost today' >&2\nexit 3\n"
+	if err := os.WriteFile(fake, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cfg.GovirtiofsdBin = fake
+	cfg.Daemons = []string{PeerNative, PeerGovVhost}
+	cfg.Rows = regexp.MustCompile(`^(stat-warm|vhost-getattr-d1)$`)
+	res, err := Run(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := cell(t, res, "vhost-getattr-d1", PeerGovVhost)
+	if c.OK() || !strings.Contains(c.NA, "no vhost today") {
+		t.Errorf("failing vhost peer: %+v", c)
+	}
+	if c := cell(t, res, "stat-warm", PeerNative); !c.OK() {
+		t.Errorf("native: %+v", c)
+	}
+	var b bytes.Buffer
+	WriteTable(&b, res)
+	if !strings.Contains(b.String(), "### vhost") || !strings.Contains(b.String(), "### devfuse") {
+		t.Errorf("want a table per transport:\n%s", b.String())
+	}
+}
+
+func TestDrive(t *testing.T) {
+	var seen [100]atomic.Int32
+	var inflight, peak atomic.Int32
+	lat, _, err := drive(context.Background(), 4, len(seen), func(i int) error {
+		n := inflight.Add(1)
+		for {
+			p := peak.Load()
+			if n <= p || peak.CompareAndSwap(p, n) {
+				break
+			}
+		}
+		time.Sleep(time.Millisecond)
+		seen[i].Add(1)
+		inflight.Add(-1)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range seen {
+		if seen[i].Load() != 1 {
+			t.Fatalf("op %d ran %d times", i, seen[i].Load())
+		}
+	}
+	if p := peak.Load(); p < 2 || p > 4 {
+		t.Errorf("peak in flight %d, want 2..4", p)
+	}
+	if p := percentileUS(lat, 0.99); p < 1000 {
+		t.Errorf("p99 %vµs for 1 ms ops", p)
+	}
+	_, _, err = drive(context.Background(), 3, 50, func(i int) error {
+		if i == 7 {
+			return errors.New("boom")
+		}
+		return nil
+	})
+	if err == nil || err.Error() != "boom" {
+		t.Errorf("drive error: %v", err)
 	}
 }

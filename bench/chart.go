@@ -8,6 +8,8 @@ import (
 	"image/png"
 	"io"
 	"math"
+	"slices"
+	"strings"
 )
 
 // Chart scale: ratios are drawn on a log2 axis from 1/chartSpan to
@@ -25,15 +27,19 @@ var (
 	}
 )
 
-// DrawChart writes a PNG bar chart of every row's ratios to the reference
-// peer (log scale, 1 = as good as the reference, up = better). Rows are
-// numbered as in the table; the legend names them.
-func DrawChart(w io.Writer, res *Result) error {
+// DrawChart writes a PNG bar chart of the ratios of g's rows to their
+// reference (log scale, 1 = as good as the reference, up = better). Rows
+// are numbered as in the table; the legend names them.
+func DrawChart(w io.Writer, res *Result, g group) error {
 	var peers []string
-	for _, p := range res.Peers {
-		if p.Name != res.Meta.Reference {
-			peers = append(peers, p.Name)
+	for _, p := range g.peers {
+		if !slices.Contains(g.ref, p) || len(g.ref) > 1 {
+			peers = append(peers, p)
 		}
+	}
+	rows := make([]RowResult, 0, len(g.rows))
+	for _, i := range g.rows {
+		rows = append(rows, res.Rows[i])
 	}
 	const (
 		scale   = 2
@@ -45,17 +51,17 @@ func DrawChart(w io.Writer, res *Result) error {
 		barW    = 14
 		groupGp = 16
 	)
-	nRows := max(1, len(res.Rows))
+	nRows := max(1, len(rows))
 	groupW := max(1, len(peers))*barW + groupGp
 	width := max(left+nRows*groupW+right, 900)
 	legendTop := top + plotH + 40
-	legendLines := len(peers) + 1 + len(res.Rows)
+	legendLines := len(peers) + 1 + len(rows)
 	height := legendTop + legendLines*lineH + 20
 
 	img := image.NewRGBA(image.Rect(0, 0, width, height))
 	draw.Draw(img, img.Bounds(), &image.Uniform{white}, image.Point{}, draw.Src)
 
-	title := fmt.Sprintf("govirtiofsd-bench %s: ratio to %s (log scale, >1 = better)", res.Meta.Start.Format("2006-01-02"), res.Meta.Reference)
+	title := fmt.Sprintf("govirtiofsd-bench %s %s: ratio to %s (log scale, >1 = better)", res.Meta.Start.Format("2006-01-02"), g.transport, strings.Join(g.ref, "/"))
 	drawText(img, 10, 12, scale, title, black)
 
 	// y(ratio): log2 axis, 1 in the middle.
@@ -81,7 +87,7 @@ func DrawChart(w io.Writer, res *Result) error {
 	}
 	vline(img, left, top, top+plotH, black)
 
-	for i, rr := range res.Rows {
+	for i, rr := range rows {
 		x0 := left + i*groupW + groupGp/2
 		for k, pn := range peers {
 			var cell *Cell
@@ -115,7 +121,7 @@ func DrawChart(w io.Writer, res *Result) error {
 				draw.Draw(img, image.Rect(x+1, yc, x+barW-1, yc+2), &image.Uniform{black}, image.Point{}, draw.Src)
 			}
 		}
-		lbl := fmt.Sprint(i + 1)
+		lbl := fmt.Sprint(g.rows[i] + 1)
 		gx := x0 + (len(peers)*barW-textWidth(lbl, scale))/2
 		drawText(img, gx, top+plotH+10, scale, lbl, black)
 	}
@@ -128,8 +134,8 @@ func DrawChart(w io.Writer, res *Result) error {
 		y += lineH
 	}
 	y += lineH / 2
-	for i, rr := range res.Rows {
-		drawText(img, left, y, scale, fmt.Sprintf("%d %s (%s)", i+1, rr.Name, rr.Unit), textGray)
+	for i, rr := range rows {
+		drawText(img, left, y, scale, fmt.Sprintf("%d %s (%s)", g.rows[i]+1, rr.Name, rr.Unit), textGray)
 		y += lineH
 	}
 	return png.Encode(w, img)

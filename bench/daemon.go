@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/govirtiofsd/govirtiofsd/internal/vhostfront"
 	"golang.org/x/sys/unix"
 )
 
@@ -66,14 +67,17 @@ type instance struct {
 	done chan struct{} // closed when cmd has exited
 	err  error         // cmd.Wait result, valid after done
 	log  string        // path of the daemon's stdout+stderr
+	// front is the vhost-user front-end connected to a Vhost peer.
+	front *vhostfront.Frontend
 }
 
 // mountTimeout bounds how long a daemon may take to show up in mountinfo.
 const mountTimeout = 20 * time.Second
 
-// start launches d so that shared appears at mnt. logPath receives the
-// daemon's output. The returned instance is mounted and answered a stat of
-// its root.
+// start launches d so that shared appears at mnt (for a Vhost peer: so
+// that it listens on the socket mnt). logPath receives the daemon's output.
+// The returned instance is mounted and answered a stat of its root, or
+// (Vhost) is connected to the front-end and answered FUSE_INIT.
 func start(ctx context.Context, d *Daemon, argv []string, shared, mnt, logPath string) (*instance, error) {
 	if d.Native {
 		return &instance{d: d, root: shared}, nil
@@ -81,7 +85,11 @@ func start(ctx context.Context, d *Daemon, argv []string, shared, mnt, logPath s
 	if d.Unavailable != "" {
 		return nil, errors.New(d.Unavailable)
 	}
-	if mi, ok, _ := findMount(mnt); ok {
+	if d.Transport == Vhost {
+		if err := os.Remove(mnt); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, err
+		}
+	} else if mi, ok, _ := findMount(mnt); ok {
 		return nil, fmt.Errorf("%s is already mounted (%s)", mnt, mi.fsType)
 	}
 	lf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
@@ -103,7 +111,12 @@ func start(ctx context.Context, d *Daemon, argv []string, shared, mnt, logPath s
 		inst.err = cmd.Wait()
 		close(inst.done)
 	}()
-	if err := inst.waitMounted(ctx, mnt); err != nil {
+	ready := inst.waitMounted
+	if d.Transport == Vhost {
+		inst.root = ""
+		ready = inst.connect
+	}
+	if err := ready(ctx, mnt); err != nil {
 		inst.stop()
 		return nil, fmt.Errorf("%w%s", err, logTail(logPath))
 	}
@@ -198,6 +211,10 @@ func (in *instance) stop() error {
 		return nil
 	}
 	var problem error
+	if in.front != nil {
+		// The C and Rust virtiofsd exit when the front-end disconnects.
+		in.front.Close()
+	}
 	_ = syscall.Kill(in.pid, syscall.SIGTERM)
 	select {
 	case <-in.done:
@@ -211,8 +228,15 @@ func (in *instance) stop() error {
 			problem = fmt.Errorf("%w; still not reaped 10s after abort and SIGKILL (pid %d)", problem, in.pid)
 		}
 	}
-	// Children of a supervised daemon, if any are left.
+	// Children of a supervised or sandboxed daemon, if any are left; wait
+	// until they are gone, so the next start finds no locks or sockets.
 	_ = syscall.Kill(-in.pid, syscall.SIGKILL)
+	for t0 := time.Now(); syscall.Kill(-in.pid, 0) == nil && time.Since(t0) < 5*time.Second; {
+		time.Sleep(2 * time.Millisecond)
+	}
+	if in.root == "" {
+		return problem
+	}
 	if _, ok, _ := findMount(in.root); ok {
 		if problem == nil {
 			problem = errors.New("still mounted after exit")

@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/govirtiofsd/govirtiofsd/internal/vhostfront"
 	"golang.org/x/sys/unix"
 )
 
@@ -19,6 +20,10 @@ type Row struct {
 	Unit         string `json:"unit"`
 	Desc         string `json:"desc"`
 	HigherBetter bool   `json:"higher_better"`
+	// Transport the row is measured over; Ref the peers its ratio is
+	// relative to (the best of them).
+	Transport Transport `json:"transport"`
+	Ref       []string  `json:"ref"`
 	// noValue says why a peer has no number for this row when the job
 	// ran fine but did not measure it (e.g. the RSS of native).
 	noValue string
@@ -26,11 +31,12 @@ type Row struct {
 
 // Env is what a job sees of one running peer.
 type Env struct {
-	Root  string // the shared tree as seen through the peer
+	Root  string // the shared tree as seen through the peer ("" for Vhost peers)
 	PID   int    // serving process; 0 for native
 	State string // the peer's persistent state directory; "" if it keeps none
 	Cfg   *Config
 	inst  *instance
+	front *vhostfront.Frontend // Vhost peers: the connected front-end
 	abort func() // unblocks syscalls on a hung mount; nil for native
 }
 
@@ -135,6 +141,7 @@ func jobs(cfg *Config) []*job {
 		},
 	}
 	js = append(js, fioJobs(cfg)...)
+	js = append(js, vhostJobs(cfg)...)
 	js = append(js, walkJob("walk", partWalk, cfg.WalkFiles))
 	js = append(js, restartJob("walk", partWalk, cfg.WalkFiles))
 	if cfg.BigWalkFiles > 0 {
@@ -144,6 +151,13 @@ func jobs(cfg *Config) []*job {
 	for _, j := range js {
 		if j.transports == nil {
 			j.transports = []Transport{DevFuse}
+		}
+		for i := range j.rows {
+			j.rows[i].Transport = j.transports[0]
+			j.rows[i].Ref = []string{referencePeer}
+			if j.transports[0] == Vhost {
+				j.rows[i].Ref = vhostRef
+			}
 		}
 	}
 	return js
@@ -170,7 +184,7 @@ func walkJob(dir string, p part, n int) *job {
 			out := map[string]float64{}
 			var idle int64
 			if e.PID != 0 {
-				rss, err := procRSS(e.PID)
+				rss, err := treeRSS(e.PID)
 				if err != nil {
 					return nil, err
 				}
@@ -188,11 +202,11 @@ func walkJob(dir string, p part, n int) *job {
 			}
 			out["walk-cold-"+c] = el.Seconds()
 			if e.PID != 0 {
-				rss, err := procRSS(e.PID)
+				rss, err := treeRSS(e.PID)
 				if err != nil {
 					return nil, err
 				}
-				fds, err := procFDs(e.PID)
+				fds, err := treeFDs(e.PID)
 				if err != nil {
 					return nil, err
 				}

@@ -25,7 +25,7 @@ const (
 )
 
 // AllPeers is the default peer list, in column order.
-var AllPeers = []string{PeerNative, PeerGovirtiofsd, PeerGovNoState, PeerLoopback, PeerLoopbackNoPT}
+var AllPeers = append([]string{PeerNative, PeerGovirtiofsd, PeerGovNoState, PeerLoopback, PeerLoopbackNoPT}, VhostPeers...)
 
 // buildPeers turns peer names into Daemons, building binaries as needed.
 // A peer that cannot be built is returned with Unavailable set.
@@ -37,8 +37,9 @@ func buildPeers(ctx context.Context, cfg *Config, binDir string) ([]*Daemon, err
 	needGov, needLoop, needNoPT := false, false, false
 	for _, n := range cfg.Daemons {
 		switch n {
-		case PeerGovirtiofsd, PeerGovNoState:
+		case PeerGovirtiofsd, PeerGovNoState, PeerGovVhost, PeerGovVhostNoState:
 			needGov = true
+		case PeerCVirtiofsd, PeerRust, PeerRustFH:
 		case PeerLoopback:
 			needLoop = true
 		case PeerLoopbackNoPT:
@@ -63,6 +64,8 @@ func buildPeers(ctx context.Context, cfg *Config, binDir string) ([]*Daemon, err
 	for _, n := range cfg.Daemons {
 		d := &Daemon{Name: n, Transport: DevFuse}
 		switch n {
+		case PeerGovVhost, PeerGovVhostNoState, PeerCVirtiofsd, PeerRust, PeerRustFH:
+			vhostPeer(d, gov, govErr, govHelp, cfg.GovirtiofsdArgs)
 		case PeerNative:
 			d.Native = true
 			d.Note = "the shared directory itself, no FUSE"

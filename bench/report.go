@@ -9,7 +9,8 @@ import (
 	"strings"
 )
 
-// WriteFiles writes results.json, table.md and chart.png into dir.
+// WriteFiles writes results.json, table.md and a chart per transport
+// (chart.png for /dev/fuse, chart-vhost.png) into dir.
 func WriteFiles(res *Result, dir string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
@@ -26,58 +27,76 @@ func WriteFiles(res *Result, dir string) error {
 	if err := os.WriteFile(filepath.Join(dir, "table.md"), []byte(b.String()), 0o644); err != nil {
 		return err
 	}
-	f, err := os.Create(filepath.Join(dir, "chart.png"))
-	if err != nil {
-		return err
+	for _, g := range groups(res) {
+		name := "chart.png"
+		if g.transport != DevFuse {
+			name = "chart-" + string(g.transport) + ".png"
+		}
+		f, err := os.Create(filepath.Join(dir, name))
+		if err != nil {
+			return err
+		}
+		if err := DrawChart(f, res, g); err != nil {
+			f.Close()
+			return err
+		}
+		if err := f.Close(); err != nil {
+			return err
+		}
 	}
-	if err := DrawChart(f, res); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
+	return nil
 }
 
-// WriteTable prints the result as a Markdown table: one line per row, one
-// column per peer; each cell is "median (min–max) ×ratio".
+// WriteTable prints the result as Markdown: one table per transport, one
+// line per row, one column per peer of that transport; each cell is
+// "median (min–max) ×ratio".
 func WriteTable(w io.Writer, res *Result) {
 	m := res.Meta
 	fmt.Fprintf(w, "govirtiofsd-bench %s UTC, %s, kernel %s, %d CPUs (%s), %s, commit %s\n",
 		m.Start.Format("2006-01-02 15:04"), m.Host, m.Kernel, m.CPUs, m.CPU, m.GoVersion, orDash(m.Commit))
-	fmt.Fprintf(w, "shared tree on %s; %d runs per cell, peers interleaved; cell = median (min–max) ×ratio to %s, where ×ratio > 1 means better than %s (faster, or less RSS/fds)\n\n",
-		m.FS, m.Runs, m.Reference, m.Reference)
-	fmt.Fprintf(w, "| # | row | unit |")
-	for _, p := range res.Peers {
-		fmt.Fprintf(w, " %s |", p.Name)
-	}
-	fmt.Fprintf(w, "\n|---|---|---|")
-	for range res.Peers {
-		fmt.Fprintf(w, "---|")
-	}
-	fmt.Fprintln(w)
+	fmt.Fprintf(w, "shared tree on %s; %d runs per cell, peers interleaved; cell = median (min–max) ×ratio, where ×ratio > 1 means better than the reference (faster, or less RSS/fds)\n",
+		m.FS, m.Runs)
 	notes := map[string]int{}
 	var noteList []string
-	for i, rr := range res.Rows {
-		fmt.Fprintf(w, "| %d | %s | %s |", i+1, rr.Name, rr.Unit)
-		for _, c := range rr.Cells {
-			if !c.OK() {
-				k, ok := notes[c.NA]
-				if !ok {
-					noteList = append(noteList, c.NA)
-					k = len(noteList)
-					notes[c.NA] = k
-				}
-				fmt.Fprintf(w, " n/a[%d] |", k)
-				continue
-			}
-			fmt.Fprintf(w, " %s (%s–%s)", num(c.Median), num(c.Min), num(c.Max))
-			if c.Ratio != 0 {
-				fmt.Fprintf(w, " ×%s", ratio(c.Ratio))
-			}
-			fmt.Fprintf(w, " |")
+	for _, g := range groups(res) {
+		fmt.Fprintf(w, "\n### %s (reference: %s)\n\n| # | row | unit |", g.transport, strings.Join(g.ref, " or "))
+		for _, p := range g.peers {
+			fmt.Fprintf(w, " %s |", p)
+		}
+		fmt.Fprintf(w, "\n|---|---|---|")
+		for range g.peers {
+			fmt.Fprintf(w, "---|")
 		}
 		fmt.Fprintln(w)
+		for _, i := range g.rows {
+			rr := res.Rows[i]
+			fmt.Fprintf(w, "| %d | %s | %s |", i+1, rr.Name, rr.Unit)
+			for _, p := range g.peers {
+				c := cellOf(&rr, p)
+				if c == nil || !c.OK() {
+					why := "missing"
+					if c != nil {
+						why = c.NA
+					}
+					k, ok := notes[why]
+					if !ok {
+						noteList = append(noteList, why)
+						k = len(noteList)
+						notes[why] = k
+					}
+					fmt.Fprintf(w, " n/a[%d] |", k)
+					continue
+				}
+				fmt.Fprintf(w, " %s (%s–%s)", num(c.Median), num(c.Min), num(c.Max))
+				if c.Ratio != 0 {
+					fmt.Fprintf(w, " ×%s", ratio(c.Ratio))
+				}
+				fmt.Fprintf(w, " |")
+			}
+			fmt.Fprintln(w)
+		}
+		writeCPUTable(w, res, g)
 	}
-	writeCPUTable(w, res)
 	fmt.Fprintln(w)
 	for i, rr := range res.Rows {
 		fmt.Fprintf(w, "%d. %s: %s\n", i+1, rr.Name, rr.Desc)
@@ -94,7 +113,7 @@ func WriteTable(w io.Writer, res *Result) {
 		if p.Unavailable != "" {
 			s = "unavailable: " + p.Unavailable
 		}
-		fmt.Fprintf(w, "- %s: %s\n", p.Name, s)
+		fmt.Fprintf(w, "- %s (%s): %s\n", p.Name, p.Transport, s)
 	}
 	if len(m.Warnings) > 0 {
 		fmt.Fprintln(w, "\nwarnings:")
@@ -102,6 +121,44 @@ func WriteTable(w io.Writer, res *Result) {
 			fmt.Fprintf(w, "- %s\n", s)
 		}
 	}
+}
+
+// group is the part of a result measured over one transport.
+type group struct {
+	transport Transport
+	ref       []string
+	peers     []string // peers of this transport, column order
+	rows      []int    // indices into Result.Rows
+}
+
+func groups(res *Result) []group {
+	var gs []group
+	idx := map[Transport]int{}
+	for i, rr := range res.Rows {
+		k, ok := idx[rr.Transport]
+		if !ok {
+			g := group{transport: rr.Transport, ref: rr.Ref}
+			for _, p := range res.Peers {
+				if Transport(p.Transport) == rr.Transport {
+					g.peers = append(g.peers, p.Name)
+				}
+			}
+			gs = append(gs, g)
+			k = len(gs) - 1
+			idx[rr.Transport] = k
+		}
+		gs[k].rows = append(gs[k].rows, i)
+	}
+	return gs
+}
+
+func cellOf(rr *RowResult, peer string) *Cell {
+	for i := range rr.Cells {
+		if rr.Cells[i].Peer == peer {
+			return &rr.Cells[i]
+		}
+	}
+	return nil
 }
 
 // num prints 3 significant digits without exponent for the usual ranges.
@@ -137,37 +194,35 @@ func ratio(r float64) string {
 }
 
 // writeCPUTable prints the daemons' CPU time per sample (median, ms) for
-// the rows that carry it.
-func writeCPUTable(w io.Writer, res *Result) {
-	any := false
-	for _, rr := range res.Rows {
-		for _, c := range rr.Cells {
-			any = any || len(c.DaemonCPU) > 0
+// the rows of g that carry it.
+func writeCPUTable(w io.Writer, res *Result, g group) {
+	var rows []int
+	for _, i := range g.rows {
+		for _, c := range res.Rows[i].Cells {
+			if len(c.DaemonCPU) > 0 {
+				rows = append(rows, i)
+				break
+			}
 		}
 	}
-	if !any {
+	if len(rows) == 0 {
 		return
 	}
-	fmt.Fprintf(w, "\ndaemon CPU time (user+system) per sample, median ms (10 ms resolution):\n\n| # | row |")
-	for _, p := range res.Peers {
-		fmt.Fprintf(w, " %s |", p.Name)
+	fmt.Fprintf(w, "\ndaemon CPU time (user+system) per sample of the job, median ms (10 ms resolution):\n\n| # | row |")
+	for _, p := range g.peers {
+		fmt.Fprintf(w, " %s |", p)
 	}
 	fmt.Fprintf(w, "\n|---|---|")
-	for range res.Peers {
+	for range g.peers {
 		fmt.Fprintf(w, "---|")
 	}
 	fmt.Fprintln(w)
-	for i, rr := range res.Rows {
-		has := false
-		for _, c := range rr.Cells {
-			has = has || len(c.DaemonCPU) > 0
-		}
-		if !has {
-			continue
-		}
+	for _, i := range rows {
+		rr := res.Rows[i]
 		fmt.Fprintf(w, "| %d | %s |", i+1, rr.Name)
-		for _, c := range rr.Cells {
-			if len(c.DaemonCPU) == 0 {
+		for _, p := range g.peers {
+			c := cellOf(&rr, p)
+			if c == nil || len(c.DaemonCPU) == 0 {
 				fmt.Fprintf(w, " - |")
 				continue
 			}

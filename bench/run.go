@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -137,6 +138,13 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	var selected []*job
 	var parts part
 	for _, j := range jobs(&cfg) {
+		served := false
+		for _, p := range peers {
+			served = served || slices.Contains(j.transports, p.Transport)
+		}
+		if !served {
+			continue // no peer of its transport selected
+		}
 		var keep []Row
 		for _, r := range j.rows {
 			if cfg.Rows == nil || cfg.Rows.MatchString(r.Name) {
@@ -271,7 +279,7 @@ func (r *runner) runJob(ctx context.Context, j *job, peers []*Daemon) {
 			}
 			rr.Cells = append(rr.Cells, c)
 		}
-		setRatios(&rr, referencePeer)
+		setRatios(&rr)
 		r.res.Rows = append(r.res.Rows, rr)
 	}
 }
@@ -341,19 +349,25 @@ func (r *runner) sample(ctx context.Context, j *job, p *Daemon) (map[string]floa
 	}
 	defer os.RemoveAll(state)
 	var argv []string
+	where := r.mnt
+	if p.Transport == Vhost {
+		// A new name per start: the Rust virtiofsd keeps a locked
+		// SOCK.pid file, and a dying predecessor may still hold it.
+		where = filepath.Join(r.work, fmt.Sprintf("vhost-%d.sock", r.starts))
+	}
 	if !p.Native {
 		if j.restart {
-			argv = p.RestartArgv(r.shared, r.mnt, state)
+			argv = p.RestartArgv(r.shared, where, state)
 		} else {
-			argv = p.Argv(r.shared, r.mnt, state)
+			argv = p.Argv(r.shared, where, state)
 		}
 	}
 	logPath := filepath.Join(r.cfg.OutDir, "daemon-"+p.Name+".log")
-	inst, err := start(ctx, p, argv, r.shared, r.mnt, logPath)
+	inst, err := start(ctx, p, argv, r.shared, where, logPath)
 	if err != nil {
 		return nil, &startError{err}
 	}
-	env := &Env{Root: inst.root, PID: inst.pid, Cfg: r.cfg, inst: inst}
+	env := &Env{Root: inst.root, PID: inst.pid, Cfg: r.cfg, inst: inst, front: inst.front}
 	if p.KeepsState {
 		env.State = state
 	}
@@ -379,7 +393,7 @@ func (r *runner) sample(ctx context.Context, j *job, p *Daemon) (map[string]floa
 func (r *runner) measure(ctx context.Context, j *job, e *Env) (map[string]float64, error) {
 	if j.cold && !r.cfg.NoDropCaches {
 		paths := []string{r.shared}
-		if e.Root != r.shared {
+		if e.Root != "" && e.Root != r.shared {
 			paths = append(paths, e.Root)
 		}
 		if err := dropCaches(paths...); err != nil {
@@ -395,12 +409,12 @@ func (r *runner) measure(ctx context.Context, j *job, e *Env) (map[string]float6
 	ch := make(chan out, 1)
 	cpu0, cpuErr := 0.0, error(nil)
 	if e.PID != 0 {
-		cpu0, cpuErr = procCPU(e.PID)
+		cpu0, cpuErr = treeCPU(e.PID)
 	}
 	go func() {
 		v, err := j.run(ctx, e)
 		if err == nil && e.PID != 0 && cpuErr == nil && !j.restart {
-			if cpu1, err := procCPU(e.PID); err == nil {
+			if cpu1, err := treeCPU(e.PID); err == nil {
 				v[cpuKey] = cpu1 - cpu0
 			}
 		}
@@ -445,11 +459,17 @@ func stats(v []float64) (median, lo, hi float64) {
 	return median, s[0], s[n-1]
 }
 
-func setRatios(rr *RowResult, ref string) {
+// setRatios sets each cell's ratio to the best of the row's reference
+// peers.
+func setRatios(rr *RowResult) {
 	var rc *Cell
 	for i := range rr.Cells {
-		if rr.Cells[i].Peer == ref {
-			rc = &rr.Cells[i]
+		c := &rr.Cells[i]
+		if !slices.Contains(rr.Ref, c.Peer) || !c.OK() {
+			continue
+		}
+		if rc == nil || (rr.HigherBetter && c.Median > rc.Median) || (!rr.HigherBetter && c.Median < rc.Median) {
+			rc = c
 		}
 	}
 	if rc == nil || !rc.OK() || rc.Median == 0 {
@@ -515,7 +535,7 @@ func meta(cfg *Config) Meta {
 		}
 	}
 	if cfg.ModuleDir != "" {
-		cmd := exec.Command("git", "rev-parse", "--short", "HEAD")
+		cmd := exec.Command("git", "describe", "--always", "--dirty")
 		cmd.Dir = cfg.ModuleDir
 		if out, err := cmd.Output(); err == nil {
 			m.Commit = strings.TrimSpace(string(out))

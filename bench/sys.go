@@ -191,3 +191,52 @@ func procCPU(pid int) (float64, error) {
 	}
 	return float64(ut+st) / clockTicks, nil
 }
+
+// procTree returns pid and all its descendants. Sandboxing daemons (the C
+// and Rust virtiofsd in namespace mode) serve from a child process; RSS,
+// fds and CPU are summed over the tree.
+func procTree(pid int) []int {
+	out := []int{pid}
+	for i := 0; i < len(out) && len(out) < 64; i++ {
+		out = append(out, procChildren(out[i])...)
+	}
+	return out
+}
+
+// treeRSS, treeFDs and treeCPU sum procRSS, procFDs and procCPU over
+// procTree(pid); processes that vanish meanwhile are skipped.
+func treeRSS(pid int) (int64, error) {
+	var sum int64
+	for i, p := range procTree(pid) {
+		v, err := procRSS(p)
+		if err != nil && i == 0 {
+			return 0, err
+		}
+		sum += v
+	}
+	return sum, nil
+}
+
+func treeFDs(pid int) (int, error) {
+	var sum int
+	for i, p := range procTree(pid) {
+		v, err := procFDs(p)
+		if err != nil && i == 0 {
+			return 0, err
+		}
+		sum += v
+	}
+	return sum, nil
+}
+
+func treeCPU(pid int) (float64, error) {
+	var sum float64
+	for i, p := range procTree(pid) {
+		v, err := procCPU(p)
+		if err != nil && i == 0 {
+			return 0, err
+		}
+		sum += v
+	}
+	return sum, nil
+}

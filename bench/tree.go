@@ -27,8 +27,8 @@ const (
 
 func statName(i int) string { return fmt.Sprintf("f%07d", i) }
 
-// walkLayout returns the number of directories and files per directory for
-// a walk tree of n files.
+// walkLayout returns the number of directories of a walk tree of n files
+// (walkFanout files in each, the last one possibly fewer).
 func walkLayout(n int) (dirs int) { return (n + walkFanout - 1) / walkFanout }
 
 // generate creates the parts of the tree under shared.

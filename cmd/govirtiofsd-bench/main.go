@@ -106,7 +106,7 @@ func run(args []string) int {
 		fmt.Fprintf(os.Stderr, "govirtiofsd-bench: %v\n", werr)
 		return 1
 	}
-	fmt.Printf("\nwrote %s\n", filepath.Join(cfg.OutDir, "{results.json,table.md,chart.png}"))
+	fmt.Printf("\nwrote results.json, table.md and charts to %s\n", cfg.OutDir)
 	if err != nil {
 		return 1
 	}
