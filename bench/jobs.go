@@ -37,7 +37,7 @@ type Env struct {
 	Cfg   *Config
 	inst  *instance
 	front *vhostfront.Frontend // Vhost peers: the connected front-end
-	abort func() // unblocks syscalls on a hung mount; nil for native
+	abort func()               // unblocks syscalls on a hung mount; nil for native
 }
 
 // job is one workload; it fills one or more rows per sample.
