@@ -17,6 +17,7 @@ import (
 	"runtime"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/govirtiofsd/govirtiofsd/internal/devfuse"
 	"github.com/govirtiofsd/govirtiofsd/internal/engine"
@@ -287,7 +288,16 @@ func serveDevFuse(ctx context.Context, c *config, fsys *passthrough.FS, table *i
 			if err := devfuse.Unmount(c.mount); err != nil {
 				return err
 			}
-			return <-done
+			// A busy mount was only detached: files still open in it
+			// keep the connection alive. Like libfuse, stop serving
+			// anyway; with this process gone they get ENOTCONN.
+			select {
+			case err := <-done:
+				return err
+			case <-time.After(2 * time.Second):
+				log.Warn("mount was busy: detached it; open files in it are cut off", "mount", c.mount)
+				return nil
+			}
 		}
 	}
 }

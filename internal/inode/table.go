@@ -264,6 +264,19 @@ func openChild(dirfd int, name string) (int, error) {
 // handled: ".." of the root is the root.
 func (t *Table) Lookup(parent *Node, name string, st *unix.Statx_t) (*Node, error) {
 	if name == "." {
+		// The kernel decodes a guest file handle for an inode it
+		// evicted. The node may still be cached here although a
+		// host-side rename took it out of the shared directory since:
+		// check, so a handle never reaches outside.
+		if parent.ID != RootID {
+			rec, err := t.store.Get(parent.ID)
+			if err != nil {
+				return nil, err
+			}
+			if !t.inside(parent.fd, rec, 0) {
+				return nil, fmt.Errorf("nodeid %d: no longer inside the shared directory: %w", parent.ID, unix.ESTALE)
+			}
+		}
 		parent.IncRef()
 		return parent, Statx(parent.fd, st)
 	}

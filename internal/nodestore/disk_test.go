@@ -504,8 +504,9 @@ func TestCrashSIGKILL(t *testing.T) {
 	acked := map[NodeID]uint64{}
 	var maxID NodeID
 	// Round 2 runs index migrations one entry per insert: the grow at
-	// 91750 entries then lasts long enough to be killed in the middle.
-	rounds := []struct{ killAfter, migStep int }{{20000, 0}, {27777, 0}, {56000, 1}}
+	// 91750 entries then lasts ~13k inserts, and the kill comes 2k inserts
+	// into it (the child runs ahead by up to a pipe buffer, ~4k lines).
+	rounds := []struct{ killAfter, migStep int }{{20000, 0}, {27777, 0}, {-(91750 + 2000), 1}}
 	if testing.Short() {
 		rounds = []struct{ killAfter, migStep int }{{2500, 0}, {3472, 0}}
 	}
@@ -523,6 +524,9 @@ func TestCrashSIGKILL(t *testing.T) {
 		}
 		sc := bufio.NewScanner(out)
 		killAfter := rd.killAfter
+		if killAfter < 0 {
+			killAfter = -killAfter - len(acked)
+		}
 		n := 0
 		for sc.Scan() {
 			var id NodeID
@@ -550,13 +554,15 @@ func TestCrashSIGKILL(t *testing.T) {
 		t.Logf("round %d: %d inserts acknowledged before SIGKILL", round, n)
 		// Wait for the kernel to drop the dead child's flock.
 		time.Sleep(10 * time.Millisecond)
-		ds, err := open(dir, Options{Logger: quietLogger(), CacheBytes: 1 << 16})
+		var lb logBuf
+		ds, err := open(dir, Options{Logger: slog.New(slog.NewTextHandler(&lb, nil)), CacheBytes: 1 << 16})
 		if err != nil {
 			t.Fatal(err)
 		}
 		if rd.migStep > 0 {
 			if ds.mig == nil {
-				t.Errorf("round %d: child not killed during an index migration (%d records); adjust killAfter", round, len(acked))
+				t.Errorf("round %d: child not killed during an index migration (%d records; index bits %d, live %d); adjust killAfter\n%s",
+					round, len(acked), ds.ix.bits, ds.ix.live, lb.String())
 			} else {
 				t.Logf("round %d: killed during an index migration (frontier %d of %d buckets)", round, ds.mig.p-ds.mig.e, ds.mig.old.size())
 			}

@@ -114,11 +114,11 @@ func (fs *FS) dir(nodeid, fh uint64) *dirStream {
 
 // ReleaseDir closes the directory stream.
 func (fs *FS) ReleaseDir(in *fuse.ReleaseIn) {
-	fs.openFiles.Remove(in.Fh)
 	fs.handlesMu.Lock()
 	ds, ok := fs.dirs[in.Fh]
 	delete(fs.dirs, in.Fh)
 	fs.handlesMu.Unlock()
+	fs.openFiles.Remove(in.Fh) // after the map: see Release
 	if ok {
 		ds.close()
 	}

@@ -289,14 +289,16 @@ func (fs *FS) Flush(cancel <-chan struct{}, in *fuse.FlushIn) fuse.Status {
 
 // Release drops the handle; the fd closes when no request uses it.
 func (fs *FS) Release(cancel <-chan struct{}, in *fuse.ReleaseIn) {
-	e, recorded := fs.openFiles.Remove(in.Fh)
-	if recorded {
-		fs.releaseBacking(e.NodeID, e.BackingID)
-	}
+	// Out of the map first, then out of the open-file table: the table
+	// hands the fh to the next OPEN as soon as it is removed there.
 	fs.handlesMu.Lock()
 	f, ok := fs.files[in.Fh]
 	delete(fs.files, in.Fh)
 	fs.handlesMu.Unlock()
+	e, recorded := fs.openFiles.Remove(in.Fh)
+	if recorded {
+		fs.releaseBacking(e.NodeID, e.BackingID)
+	}
 	if !ok {
 		return
 	}
