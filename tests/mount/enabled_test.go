@@ -13,9 +13,6 @@ const runAll = false
 // enabledSuite lists suite cases (suite.Names()) enabled against
 // govirtiofsd. Pending, with what the daemon did:
 //   - nonroot_setgid_dir_member: a caller in the setgid dir's group (supplementary) loses the setgid bit: needs FUSE_CREATE_SUPP_GROUP
-//   - safety_host_rename_race: about one run in three, a read through the
-//     mount while the host renames the directory gets EBADF (HEAD 1c0ded8)
-//   - posix_lock_pid: F_GETLK reports l_pid 0 instead of the holder's pid
 //   - xattr_symlink: lsetxattr trusted.* on a symlink gives ENOTSUP
 var enabledSuite = map[string]bool{
 	"access":                     true,
@@ -49,6 +46,7 @@ var enabledSuite = map[string]bool{
 	"open_excl":                  true,
 	"open_trunc":                 true,
 	"posix_lock":                 true,
+	"posix_lock_pid":             true,
 	"posix_lock_host":            true,
 	"read_write_offsets":         true,
 	"readdir_attrs":              true,
@@ -60,6 +58,7 @@ var enabledSuite = map[string]bool{
 	"rename_noreplace":           true,
 	"rmdir":                      true,
 	"safety_fifo_no_hang":        true,
+	"safety_host_rename_race":    true,
 	"safety_root_listing":        true,
 	"safety_symlink_abs_outside": true,
 	"safety_symlink_rel_outside": true,
@@ -114,9 +113,8 @@ var enabledPosix = map[string]bool{
 
 // enabledTests lists top-level tests of this package enabled against
 // govirtiofsd (those that check enabled(t)).
-// Pending: TestStopBusy (SIGTERM with files open in the mount: the daemon
-// logs "unmounting" and never exits).
 var enabledTests = map[string]bool{
 	"TestReadonly":   true,
 	"TestStopSIGINT": true,
+	"TestStopBusy":   true,
 }
