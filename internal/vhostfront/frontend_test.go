@@ -553,3 +553,29 @@ func TestDirtyLog(t *testing.T) {
 		}
 	}
 }
+
+// TestResetDeviceKeepsNegotiation mirrors QEMU 10 on a guest reset:
+// RESET_DEVICE, then memory and rings again without renegotiating
+// protocol features.
+func TestResetDeviceKeepsNegotiation(t *testing.T) {
+	checkLeaks(t)
+	b := startBackend(t, vhostuser.Config{NewHandler: func() vhostuser.Handler { return &echo{} }})
+	f := dial(t, b, Options{})
+	if _, err := f.Do(1, [][]byte{[]byte("x")}, 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.SetU64(wire.ReqResetDevice, 0); err != nil {
+		t.Fatalf("RESET_DEVICE: %v", err)
+	}
+	if st, err := f.GetU64(wire.ReqGetStatus); err != nil || st != 0 {
+		t.Errorf("status after reset = %d, %v", st, err)
+	}
+	region := virtqueue.RegionLayout{GuestPhysAddr: guestBase + 1<<32, Size: 4096, UserAddr: 0x10000}
+	fd, _ := rawFD(f.memfd)
+	if err := f.Send(wire.ReqAddMemReg, wire.EncodeMemReg(region), []int{fd}); err != nil {
+		t.Errorf("ADD_MEM_REG after reset: %v", err)
+	}
+	if base, err := f.StopQueue(1); err != nil || base != 0 {
+		t.Errorf("GET_VRING_BASE of a reset ring = %d, %v", base, err)
+	}
+}

@@ -115,7 +115,7 @@ func (d *device) serve(ctx context.Context) (err error) {
 
 // teardown stops every ring and drops the memory table and fds.
 func (d *device) teardown() {
-	d.resetDevice()
+	d.teardownState()
 	d.conn.Close()
 	if d.backendReq != nil {
 		d.backendReq.Close()
@@ -250,9 +250,6 @@ func (d *device) handleSet(m *wire.Message) error {
 		return nil
 	case wire.ReqResetOwner, wire.ReqResetDevice:
 		d.resetDevice()
-		if m.Request == wire.ReqResetOwner {
-			d.owner = false
-		}
 		return nil
 	case wire.ReqSetFeatures:
 		f := m.U64()
@@ -492,12 +489,27 @@ func (d *device) memory() *virtqueue.Memory {
 	return d.mem.Acquire()
 }
 
-// resetDevice stops every ring and forgets the negotiated state
-// (RESET_DEVICE, RESET_OWNER, disconnect).
+// resetDevice handles RESET_DEVICE (and RESET_OWNER, which QEMU sends in
+// its place without RESET_DEVICE): every ring is stopped and forgotten, the
+// status cleared, a device state transfer aborted. Ownership, the
+// negotiated features and protocol features, the memory table and the
+// dirty log survive, as in libvhost-user: QEMU negotiates protocol features
+// once per connection and resets the device on every guest reset, then
+// goes straight to ADD_MEM_REG and ring setup.
 func (d *device) resetDevice() {
 	for _, v := range d.vrings {
 		v.reset()
 	}
+	d.status = 0
+	if d.devState != nil {
+		d.devState.close()
+		d.devState = nil
+	}
+}
+
+// teardownState drops everything at the end of a connection.
+func (d *device) teardownState() {
+	d.resetDevice()
 	d.mu.Lock()
 	old := d.mem
 	d.mem = nil
@@ -505,13 +517,9 @@ func (d *device) resetDevice() {
 	if old != nil {
 		old.Release()
 	}
-	d.features, d.protocol, d.status = 0, 0, 0
+	d.features, d.protocol = 0, 0
 	d.dirty.active.Store(false)
 	d.dirty.close()
-	if d.devState != nil {
-		d.devState.close()
-		d.devState = nil
-	}
 }
 
 // configSpace returns the virtio-fs config space.
