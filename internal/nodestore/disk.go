@@ -55,9 +55,9 @@ type diskStore struct {
 	prep       *preparedIndex // +checklocks:mu; the next table, being zero-filled
 	prepFailed bool           // +checklocks:mu; preparing hit an error: wait for the grow
 	migStep    uint64         // entries a write migrates, migrateStep but in tests
-	// Test counter: inserts that had to finish a migration early.
-	migFinishEarly int           // +checklocks:mu
-	mounts         []MountRecord // +checklocks:mu
+	// Test counter: unmigrated keys placed in the new table.
+	migCrossed int           // +checklocks:mu
+	mounts     []MountRecord // +checklocks:mu
 }
 
 const (
@@ -450,10 +450,9 @@ func (s *diskStore) byInoLocked(k inoKey) (Record, error) {
 			return r, nil
 		}
 	}
-	ix, h := s.route(k)
 	var res Record
 	var lastErr error
-	_, found, err := ix.probe(h, func(_, eh, eid uint64) bool {
+	_, _, _, found, err := s.probeRouted(k, func(_ *index, h, _, eh, eid uint64) bool {
 		if eh != h || eid == tombID {
 			return false
 		}
@@ -481,6 +480,36 @@ func (s *diskStore) byInoLocked(k inoKey) (Record, error) {
 	return res, nil
 }
 
+// probeRouted probes the index for k's hash in the table that holds k
+// (see route). While the index migrates, a probe of the old table stops
+// where its chain would run out of the migration window (virtual bucket
+// e + size): what an insert could not place before that point went to the
+// new table, so the probe goes on there (see grow.go). visit is as for
+// index.probe, plus the table and the hash. It returns the table probed
+// last and its result.
+func (s *diskStore) probeRouted(k inoKey, visit func(ix *index, h, pos, eh, id uint64) bool) (ix *index, h, pos uint64, found bool, err error) {
+	ix, h = s.route(k)
+	m := s.mig
+	if m == nil || ix != &m.old {
+		pos, found, err = ix.probe(h, func(p, eh, id uint64) bool { return visit(ix, h, p, eh, id) })
+		return ix, h, pos, found, err
+	}
+	crossed := false
+	pos, found, err = ix.probe(h, func(p, eh, id uint64) bool {
+		if !m.inWindow(h, p) {
+			crossed = true
+			return true
+		}
+		return visit(ix, h, p, eh, id)
+	})
+	if err != nil || (found && !crossed) || (!found && m.inWindow(h, pos)) {
+		return ix, h, pos, found && !crossed, err
+	}
+	ix = &s.ix
+	pos, found, err = ix.probe(h, func(p, eh, id uint64) bool { return visit(ix, h, p, eh, id) })
+	return ix, h, pos, found, err
+}
+
 // slotKeyLocked returns (mount, ino) of id's record without verifying it,
 // to decide whether an index entry is for the same host file. A tampered
 // slot can at worst make that decision wrong, which the MAC check on every
@@ -501,13 +530,13 @@ func (s *diskStore) slotKeyLocked(id NodeID) (inoKey, error) {
 // of an older record with the same key. Needs s.mu held exclusively and
 // room in the index.
 func (s *diskStore) indexPutLocked(k inoKey, id NodeID) error {
-	ix, h := s.route(k)
-	tomb := int64(-1)
+	var tombIx *index
+	var tomb uint64
 	var kerr error
-	pos, found, err := ix.probe(h, func(pos, eh, eid uint64) bool {
+	ix, h, pos, found, err := s.probeRouted(k, func(ix *index, h, pos, eh, eid uint64) bool {
 		if eid == tombID {
-			if tomb < 0 {
-				tomb = int64(pos)
+			if tombIx != ix {
+				tombIx, tomb = ix, pos
 			}
 			return false
 		}
@@ -527,33 +556,22 @@ func (s *diskStore) indexPutLocked(k inoKey, id NodeID) error {
 	if err != nil {
 		return err
 	}
-	if !found && tomb >= 0 {
-		pos = uint64(tomb)
-	}
-	if m := s.mig; m != nil && ix == &m.old {
-		n := m.old.size()
-		if m.vhome(h)+((pos-m.old.home(h))&(n-1)) >= m.e+n {
-			// The probe wrapped into buckets already migrated.
-			s.migFinishEarly++
-			if err := s.finishMigrationLocked(); err != nil {
-				return err
-			}
-			return s.indexPutLocked(k, id)
-		}
-	}
 	if !found {
-		if tomb >= 0 {
+		if tombIx == ix {
+			pos = tomb
 			ix.tombs--
 		}
 		ix.live++
+		if m := s.mig; m != nil && ix == &s.ix && m.vhome(h) >= m.p {
+			s.migCrossed++ // an unmigrated key placed in the new table
+		}
 	}
 	return ix.write(pos, h, uint64(id))
 }
 
 // indexDelLocked removes the entry k → id, if the index has it.
 func (s *diskStore) indexDelLocked(k inoKey, id NodeID) error {
-	ix, h := s.route(k)
-	pos, found, err := ix.probe(h, func(_, eh, eid uint64) bool {
+	ix, h, pos, found, err := s.probeRouted(k, func(_ *index, h, _, eh, eid uint64) bool {
 		return eh == h && eid == uint64(id)
 	})
 	if err != nil || !found {

@@ -34,10 +34,13 @@ import (
 //   - keys inserted into the new table behind the streamer's back occupy
 //     buckets the streamer has not reached, so the streamer skips occupied
 //     buckets (which keeps every probe chain unbroken);
-//   - an insert into the old table whose probe would wrap around past
-//     e + size (into buckets already streamed) would be lost; such an
-//     insert (rare: only the cluster at the end of the table) first
-//     finishes the migration.
+//   - a probe of the old table must not wrap around past e + size into
+//     buckets already streamed (an entry placed there would be lost).
+//     Such a chain (only the cluster at the end of the table) continues
+//     in the new table instead: an insert that finds no room before
+//     e + size goes to the new table, and lookups and deletes that reach
+//     e + size look there too (probeRouted). The streamer skips what it
+//     finds occupied, so these entries stay where they are.
 //
 // The migration state (e, p, last position written) is kept in a trailer
 // after the new table's entries, written after every step, and the header
@@ -79,6 +82,13 @@ func (s *diskStore) route(k inoKey) (*index, uint64) {
 		return &m.old, h
 	}
 	return &s.ix, h
+}
+
+// inWindow reports whether old bucket pos, on the probe chain of h, lies
+// before the end of the migration window (virtual bucket e + size).
+func (m *migration) inWindow(h, pos uint64) bool {
+	n := m.old.size()
+	return m.vhome(h)+((pos-m.old.home(h))&(n-1)) < m.e+n
 }
 
 // vhome is the virtual old bucket of h.
