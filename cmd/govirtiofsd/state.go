@@ -72,7 +72,7 @@ func openStore(c *config, log *slog.Logger) (inode.Store, error) {
 		}
 		opts.Key = key
 	}
-	store, err := nodestore.Open(dir, opts)
+	store, err := nodestore.Open(nodesDir(dir), opts)
 	if err != nil {
 		return nil, fmt.Errorf("open node table in %s: %w", dir, err)
 	}
@@ -125,7 +125,7 @@ func openFileTable(c *config, resume bool, log *slog.Logger) (*openfiles.Table, 
 	}
 	key, err := os.ReadFile(c.handleKeyFile)
 	if c.handleKeyFile == "" {
-		key, err = os.ReadFile(filepath.Join(dir, "key"))
+		key, err = os.ReadFile(filepath.Join(nodesDir(dir), "key"))
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read the node table key: %w", err)
@@ -138,3 +138,8 @@ func openFileTable(c *config, resume bool, log *slog.Logger) (*openfiles.Table, 
 	}
 	return openfiles.Open(path, key, log)
 }
+
+// nodesDir is where the node table lives inside a state directory. Beside
+// it: open-files (the guest's file handles), fuse-init (the INIT of the
+// current /dev/fuse connection) and serving.pid.
+func nodesDir(stateDir string) string { return filepath.Join(stateDir, "nodes") }

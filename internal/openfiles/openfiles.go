@@ -48,12 +48,18 @@ type Entry struct {
 	// server, so a successor reuses it rather than register a second one
 	// for the same inode (which the kernel refuses).
 	BackingID int32
+	// The append journal: the last O_APPEND WRITE started on this fh
+	// (its FUSE unique) and the file size before it. A successor that
+	// gets that WRITE again (FUSE_NOTIFY_RESEND) can tell whether it was
+	// already applied, since appending twice is not idempotent.
+	JournalUnique uint64
+	JournalSize   uint64
 }
 
 const (
-	slotSize = 48 // fh, nodeid, flags, kind, backing id, pad, mac[16]
-	sealed   = 32 // bytes covered by the MAC
-	macOff   = 32
+	slotSize = 64 // fh, nodeid, flags, kind, backing id, pad, journal unique, journal size, mac[16]
+	sealed   = 48 // bytes covered by the MAC
+	macOff   = 48
 	macLen   = 16
 )
 
@@ -124,6 +130,9 @@ func decode(b []byte) Entry {
 		Kind:   Kind(binary.LittleEndian.Uint32(b[20:])),
 
 		BackingID: int32(binary.LittleEndian.Uint32(b[24:])),
+
+		JournalUnique: binary.LittleEndian.Uint64(b[32:]),
+		JournalSize:   binary.LittleEndian.Uint64(b[40:]),
 	}
 }
 
@@ -174,6 +183,8 @@ func (t *Table) writeLocked(slot uint64, e Entry) error {
 		binary.LittleEndian.PutUint32(b[16:], e.Flags)
 		binary.LittleEndian.PutUint32(b[20:], uint32(e.Kind))
 		binary.LittleEndian.PutUint32(b[24:], uint32(e.BackingID))
+		binary.LittleEndian.PutUint64(b[32:], e.JournalUnique)
+		binary.LittleEndian.PutUint64(b[40:], e.JournalSize)
 		copy(b[macOff:], t.seal(slot, b[:]))
 	}
 	if _, err := t.f.WriteAt(b[:], int64(slot*slotSize)); err != nil {
@@ -200,6 +211,20 @@ func (t *Table) Remove(fh uint64) (Entry, bool) {
 	}
 	t.free = append(t.free, fh-1)
 	return e, true
+}
+
+// Journal records that the O_APPEND WRITE unique is about to be applied to
+// fh's file, whose size is size now. It is written before the data.
+func (t *Table) Journal(fh, unique, size uint64) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	e, ok := t.live[fh]
+	if !ok {
+		return nil
+	}
+	e.JournalUnique, e.JournalSize = unique, size
+	t.live[fh] = e
+	return t.writeLocked(fh-1, e)
 }
 
 // Resumed lists the entries a predecessor left that are not live again yet.

@@ -19,7 +19,11 @@ type file struct {
 	fd        int
 	node      *inode.Node
 	backingID int32 // FUSE passthrough backing id, 0 if none
-	refs      atomic.Int32
+	appends   bool  // opened O_APPEND on the host: WRITEs are journaled
+	// journal is the last append a predecessor process recorded (see
+	// openfiles.Entry.JournalUnique); zero if none.
+	journalUnique, journalSize uint64
+	refs                       atomic.Int32
 }
 
 func (f *file) release() {
@@ -48,7 +52,7 @@ func (fs *FS) addFile(fd int, n *inode.Node, flags int, out *fuse.OpenOut) error
 	out.Fh = fh
 	fs.openOutFlags(out)
 	setPassthrough(out, backing)
-	f := &file{fd: fd, node: n, backingID: backing}
+	f := &file{fd: fd, node: n, backingID: backing, appends: flags&unix.O_APPEND != 0}
 	f.refs.Store(1)
 	fs.handlesMu.Lock()
 	fs.files[fh] = f
@@ -81,7 +85,8 @@ func (fs *FS) file(nodeid, fh uint64) *file {
 		n.Release()
 		return nil
 	}
-	f = &file{fd: fd, node: n, backingID: e.BackingID}
+	f = &file{fd: fd, node: n, backingID: e.BackingID, appends: e.Flags&unix.O_APPEND != 0,
+		journalUnique: e.JournalUnique, journalSize: e.JournalSize}
 	f.refs.Store(2) // the table's and the caller's
 	fs.handlesMu.Lock()
 	if old, ok := fs.files[fh]; ok {
@@ -249,11 +254,40 @@ func (fs *FS) Write(cancel <-chan struct{}, in *fuse.WriteIn, data []byte) (uint
 		return 0, fuse.EBADF
 	}
 	defer f.release()
+	if f.appends {
+		if done, st := fs.appendDone(f, in, len(data)); done || !st.Ok() {
+			return uint32(len(data)), st
+		}
+	}
 	n, err := unix.Pwrite(f.fd, data, int64(in.Offset))
 	if err != nil {
 		return 0, errno(err)
 	}
 	return uint32(n), fuse.OK
+}
+
+// fuseUniqueResend marks a request the kernel sent again after
+// FUSE_NOTIFY_RESEND.
+const fuseUniqueResend = 1 << 63
+
+// appendDone handles the one WRITE that is not idempotent: an append. A
+// resent append that the journal shows was applied already (the file grew
+// by its length since) is answered without writing it twice; any other is
+// journaled before it is written.
+func (fs *FS) appendDone(f *file, in *fuse.WriteIn, size int) (bool, fuse.Status) {
+	var st unix.Stat_t
+	if err := unix.Fstat(f.fd, &st); err != nil {
+		return false, errno(err)
+	}
+	unique := in.Unique &^ fuseUniqueResend
+	if in.Unique&fuseUniqueResend != 0 && unique == f.journalUnique && uint64(st.Size) >= f.journalSize+uint64(size) {
+		fs.log.Info("resent append was applied before the restart; not writing it again", "nodeid", in.NodeId, "fh", in.Fh)
+		return true, fuse.OK
+	}
+	if err := fs.openFiles.Journal(in.Fh, unique, uint64(st.Size)); err != nil {
+		return false, errno(err)
+	}
+	return false, fuse.OK
 }
 
 // Writev writes a payload that arrived in several pieces (guest memory
@@ -264,6 +298,15 @@ func (fs *FS) Writev(cancel <-chan struct{}, in *fuse.WriteIn, data [][]byte) (u
 		return 0, fuse.EBADF
 	}
 	defer f.release()
+	if f.appends {
+		total := 0
+		for _, d := range data {
+			total += len(d)
+		}
+		if done, st := fs.appendDone(f, in, total); done || !st.Ok() {
+			return uint32(total), st
+		}
+	}
 	n, err := unix.Pwritev(f.fd, data, int64(in.Offset))
 	if err != nil {
 		return 0, errno(err)

@@ -528,7 +528,7 @@ func TestIdentityHandleMovedOutside(t *testing.T) {
 // that record (ESTALE for the old handle, a log line naming it) and serves
 // everything else, the old handle of another file included. It finds the
 // record by the file's name (records keep parent nodeid + name) in the
-// state dir's files and flips a byte of that name.
+// state dir's files (at any depth) and flips a byte of that name.
 func TestIdentityTamperedRecord(t *testing.T) {
 	state := t.TempDir()
 	d := mounttest.Start(t, mounttest.Options{Flags: []string{"--state-dir=" + state}})
@@ -542,12 +542,16 @@ func TestIdentityTamperedRecord(t *testing.T) {
 	d.Stop()
 	name := []byte("victim-0123456789")
 	hits := 0
-	ents, err := os.ReadDir(state)
-	must(t, err)
-	for _, ent := range ents {
-		p := filepath.Join(state, ent.Name())
+	var files []string
+	must(t, filepath.WalkDir(state, func(p string, ent os.DirEntry, err error) error {
+		if err == nil && ent.Type().IsRegular() {
+			files = append(files, p)
+		}
+		return err
+	}))
+	for _, p := range files {
 		b, err := os.ReadFile(p)
-		if err != nil || !ent.Type().IsRegular() {
+		if err != nil {
 			continue
 		}
 		for i := bytes.Index(b, name); i >= 0; {
