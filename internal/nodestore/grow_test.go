@@ -2,9 +2,11 @@ package nodestore
 
 import (
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"strconv"
+	"sync"
 	"testing"
 )
 
@@ -117,5 +119,86 @@ func TestMigration(t *testing.T) {
 	t.Logf("%d ops, %d grows, %d reopens mid-migration, %d unmigrated keys placed in the new table", n, grows, reopens, early)
 	if grows < 2 || reopens == 0 {
 		t.Fatalf("test did not exercise migrations: %d grows, %d reopens", grows, reopens)
+	}
+}
+
+// TestConcurrentMigration: readers look up records that writers have
+// inserted, while the index grows one entry per write.
+func TestConcurrentMigration(t *testing.T) {
+	per := 3000
+	if testing.Short() {
+		per = 1000
+	}
+	ds, err := open(t.TempDir(), Options{Logger: quietLogger(), CacheBytes: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ds.Close()
+	ds.migStep = 1
+	const writers, readers = 4, 4
+	type done struct {
+		k  inoKey
+		id NodeID
+	}
+	published := make(chan done, writers*per)
+	var wg, rg sync.WaitGroup
+	errc := make(chan error, writers+readers)
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range per {
+				k := inoKey{uint32(w), uint64(i)}
+				id, err := ds.Insert(Record{Mount: k.mount, Ino: k.ino, Name: "c"})
+				if err != nil {
+					errc <- err
+					return
+				}
+				published <- done{k, id}
+			}
+		}()
+	}
+	var seenMu sync.Mutex
+	var seen []done
+	stop := make(chan struct{})
+	for range readers {
+		rg.Add(1)
+		go func() {
+			defer rg.Done()
+			rng := rand.New(rand.NewPCG(1, 2))
+			for {
+				select {
+				case <-stop:
+					return
+				case d := <-published:
+					seenMu.Lock()
+					seen = append(seen, d)
+					seenMu.Unlock()
+				default:
+				}
+				seenMu.Lock()
+				if len(seen) == 0 {
+					seenMu.Unlock()
+					continue
+				}
+				d := seen[rng.IntN(len(seen))]
+				seenMu.Unlock()
+				r, err := ds.ByIno(d.k.mount, d.k.ino)
+				if err != nil || r.ID != d.id {
+					errc <- fmt.Errorf("ByIno(%v) = %d %v, want %d", d.k, r.ID, err, d.id)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(stop)
+	rg.Wait()
+	close(errc)
+	for err := range errc {
+		t.Fatal(err)
+	}
+	if ds.ix.bits == minIndexBits {
+		t.Fatal("the index never grew")
 	}
 }
