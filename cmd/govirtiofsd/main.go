@@ -22,6 +22,7 @@ import (
 	"github.com/govirtiofsd/govirtiofsd/internal/devfuse"
 	"github.com/govirtiofsd/govirtiofsd/internal/engine"
 	"github.com/govirtiofsd/govirtiofsd/internal/inode"
+	"github.com/govirtiofsd/govirtiofsd/internal/openfiles"
 	"github.com/govirtiofsd/govirtiofsd/internal/passthrough"
 )
 
@@ -178,44 +179,45 @@ func run(c *config, log *slog.Logger) error {
 	if transports != 1 {
 		return errors.New("give exactly one of --mount (serve over /dev/fuse), --socket-path or --fd (serve over vhost-user)")
 	}
-	fsys, table, err := newFileSystem(c, log)
+	fsys, table, files, err := newFileSystem(c, log)
 	if err != nil {
 		return err
 	}
 	defer table.Close()
+	defer files.Close()
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if c.mount != "" {
 		return serveDevFuse(ctx, c, fsys, table, log)
 	}
-	return serveVhostUser(ctx, c, fsys, log)
+	return serveVhostUser(ctx, c, fsys, &migration{c: c, table: table, files: files, log: log}, log)
 }
 
-func newFileSystem(c *config, log *slog.Logger) (*passthrough.FS, *inode.Table, error) {
+func newFileSystem(c *config, log *slog.Logger) (*passthrough.FS, *inode.Table, *openfiles.Table, error) {
 	cache, err := passthrough.ParseCachePolicy(c.cache)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	inos, err := passthrough.ParseInodeNumbers(c.inodeNumbers)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	if c.handles, err = inode.ParseHandleMode(c.inodeFileHandles); err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	if c.sandbox != "none" {
 		log.Warn("sandboxing is not implemented; serving without one", "sandbox", c.sandbox)
 	}
 	table, err := openTable(c, log)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	_, resume, _ := inheritedFuseFD()
 	files, err := openFileTable(c, resume, log)
 	if err != nil {
 		table.Close()
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	fsys := passthrough.New(table, passthrough.Options{
 		Cache:             cache,
@@ -228,7 +230,7 @@ func newFileSystem(c *config, log *slog.Logger) (*passthrough.FS, *inode.Table, 
 		OpenFiles:         files,
 		Logger:            log,
 	})
-	return fsys, table, nil
+	return fsys, table, files, nil
 }
 
 func serveDevFuse(ctx context.Context, c *config, fsys *passthrough.FS, table *inode.Table, log *slog.Logger) error {

@@ -20,7 +20,7 @@ import (
 // connection gets its own FUSE engine (INIT is per connection); the file
 // system and its node table are shared, so a rebooted guest sees the same
 // nodeids.
-func serveVhostUser(ctx context.Context, c *config, fsys *passthrough.FS, log *slog.Logger) error {
+func serveVhostUser(ctx context.Context, c *config, fsys *passthrough.FS, mig *migration, log *slog.Logger) error {
 	ln, err := listen(c)
 	if err != nil {
 		return err
@@ -29,8 +29,11 @@ func serveVhostUser(ctx context.Context, c *config, fsys *passthrough.FS, log *s
 	log.Info("serving over vhost-user", "shared-dir", c.sharedDir, "socket", ln.Addr().String(), "pid", os.Getpid())
 	return vhostuser.Serve(ctx, ln, vhostuser.Config{
 		NewHandler: func() vhostuser.Handler {
-			return engine.New(fsys, engine.Options{Logger: log})
+			eng := engine.New(fsys, engine.Options{Logger: log})
+			mig.setEngine(eng)
+			return eng
 		},
+		DeviceState:      mig,
 		NumRequestQueues: c.numQueues,
 		ThreadPoolSize:   c.threadPoolSize,
 		ExitOnDisconnect: c.exitOnDisconnect,

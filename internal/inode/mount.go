@@ -40,7 +40,7 @@ func (t *Table) mountFor(st *unix.Statx_t, fd int) (*Mount, error) {
 		return nil, err
 	}
 	dev := unix.Mkdev(st.Dev_major, st.Dev_minor)
-	idx, err := t.store.PutMount(MountRecord{Path: path, Dev: dev})
+	idx, err := t.st().PutMount(MountRecord{Path: path, Dev: dev})
 	if err != nil {
 		return nil, fmt.Errorf("record mount %q: %w", path, err)
 	}
@@ -76,7 +76,7 @@ func (t *Table) mountByIndex(idx uint32) *Mount {
 		}
 	}
 	t.mounts.mu.Unlock()
-	recs, err := t.store.Mounts()
+	recs, err := t.st().Mounts()
 	if err != nil {
 		return nil
 	}

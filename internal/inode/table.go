@@ -30,6 +30,7 @@ import (
 	"hash/maphash"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -45,7 +46,8 @@ type Options struct {
 
 // Table is the node identity table. It is safe for concurrent use.
 type Table struct {
-	store    Store
+	// store holds the Store; it changes only in ReplaceStore.
+	store    atomic.Pointer[Store]
 	opts     Options
 	log      *slog.Logger
 	rootPath string
@@ -84,10 +86,11 @@ func New(rootPath string, store Store, opts Options) (*Table, error) {
 		return nil, fmt.Errorf("open shared directory %s: %w", rootPath, err)
 	}
 	t := &Table{
-		store: store, opts: opts, log: opts.Logger,
+		opts: opts, log: opts.Logger,
 		seed: maphash.MakeSeed(),
 		byID: map[NodeID]*Node{}, byKey: map[inoKey]*Node{},
 	}
+	t.store.Store(&store)
 	t.mounts.byID = map[uint64]*Mount{}
 	if t.rootPath, err = readlinkProc(fd); err != nil {
 		unix.Close(fd)
@@ -103,24 +106,9 @@ func New(rootPath string, store Store, opts Options) (*Table, error) {
 		unix.Close(fd)
 		return nil, err
 	}
-	rec, err := store.Get(RootID)
-	switch {
-	case errors.Is(err, ErrNotFound):
-		id, err := store.Insert(Record{Mount: m.Index, Ino: st.Ino, Type: unix.S_IFDIR})
-		if err != nil {
-			unix.Close(fd)
-			return nil, fmt.Errorf("record shared directory: %w", err)
-		}
-		if id != RootID {
-			unix.Close(fd)
-			return nil, fmt.Errorf("node store gave the shared directory nodeid %d, want %d", id, RootID)
-		}
-	case err != nil:
+	if err := t.checkRoot(store, m, &st); err != nil {
 		unix.Close(fd)
-		return nil, fmt.Errorf("read root record: %w", err)
-	case rec.Mount != m.Index || rec.Ino != st.Ino:
-		unix.Close(fd)
-		return nil, fmt.Errorf("%w: its root is inode %d on mount %d, the shared directory is inode %d on mount %d", ErrForeignState, rec.Ino, rec.Mount, st.Ino, m.Index)
+		return nil, err
 	}
 	t.root = &Node{ID: RootID, Type: unix.S_IFDIR, Mount: m, Ino: st.Ino, fd: fd, pinned: true}
 	t.root.refs.Store(1)
@@ -129,8 +117,78 @@ func New(rootPath string, store Store, opts Options) (*Table, error) {
 	return t, nil
 }
 
+// st returns the current store.
+func (t *Table) st() Store { return *t.store.Load() }
+
+// Store returns the store behind the table (for export).
+func (t *Table) Store() Store { return t.st() }
+
+// checkRoot makes sure store's root record is the shared directory (mount
+// m, stat st), creating it in an empty store.
+func (t *Table) checkRoot(store Store, m *Mount, st *unix.Statx_t) error {
+	rec, err := store.Get(RootID)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		id, err := store.Insert(Record{Mount: m.Index, Ino: st.Ino, Type: unix.S_IFDIR})
+		if err != nil {
+			return fmt.Errorf("record shared directory: %w", err)
+		}
+		if id != RootID {
+			return fmt.Errorf("node store gave the shared directory nodeid %d, want %d", id, RootID)
+		}
+	case err != nil:
+		return fmt.Errorf("read root record: %w", err)
+	case rec.Mount != m.Index || rec.Ino != st.Ino:
+		return fmt.Errorf("%w: its root is inode %d on mount %d, the shared directory is inode %d on mount %d", ErrForeignState, rec.Ino, rec.Mount, st.Ino, m.Index)
+	}
+	return nil
+}
+
+// ReplaceStore swaps in another store (a node table migrated from another
+// daemon) and closes the old one. The caller guarantees that no request is
+// being served (vhost-user device state is loaded while the rings are
+// stopped). The cache and the mount table start afresh; the new store's
+// root record must name the shared directory.
+func (t *Table) ReplaceStore(store Store) error {
+	var st unix.Statx_t
+	if err := Statx(t.root.fd, &st); err != nil {
+		return err
+	}
+	dev := unix.Mkdev(st.Dev_major, st.Dev_minor)
+	idx, err := store.PutMount(MountRecord{Path: "", Dev: dev})
+	if err != nil {
+		return err
+	}
+	m := &Mount{Index: idx, MntID: st.Mnt_id, Dev: dev, Root: true, fd: -1}
+	if err := t.checkRoot(store, m, &st); err != nil {
+		return err
+	}
+	t.mu.Lock()
+	evicted := t.ring
+	t.ring, t.hand = nil, 0
+	t.byID = map[NodeID]*Node{RootID: t.root}
+	t.byKey = map[inoKey]*Node{{m.Index, st.Ino}: t.root}
+	t.mu.Unlock()
+	for _, n := range evicted {
+		n.Release()
+	}
+	t.mounts.mu.Lock()
+	for _, old := range t.mounts.byID {
+		if old.fd >= 0 && old.MntID == st.Mnt_id {
+			m.fd, old.fd = old.fd, -1
+		} else if old.fd >= 0 {
+			unix.Close(old.fd)
+		}
+	}
+	t.mounts.byID = map[uint64]*Mount{st.Mnt_id: m}
+	t.mounts.mu.Unlock()
+	t.root.Mount = m
+	old := t.store.Swap(&store)
+	return (*old).Close()
+}
+
 // Generation is the FUSE generation of every nodeid in this table.
-func (t *Table) Generation() uint64 { return t.store.Generation() }
+func (t *Table) Generation() uint64 { return t.st().Generation() }
 
 // Root returns the shared directory's node (referenced).
 func (t *Table) Root() *Node {
@@ -160,7 +218,7 @@ func (t *Table) close() error {
 		}
 	}
 	t.mounts.mu.Unlock()
-	return t.store.Close()
+	return t.st().Close()
 }
 
 // OpenFDs reports how many node fds the cache holds (for tests and metrics).
@@ -193,7 +251,7 @@ func (t *Table) get(id NodeID, depth int) (*Node, error) {
 	if depth > maxDepth {
 		return nil, fmt.Errorf("nodeid %d: parent chain deeper than %d: %w", id, maxDepth, unix.ESTALE)
 	}
-	rec, err := t.store.Get(id)
+	rec, err := t.st().Get(id)
 	if err != nil {
 		if errors.Is(err, ErrTampered) {
 			t.log.Error("refusing tampered node record", "nodeid", id, "err", err)
@@ -269,7 +327,7 @@ func (t *Table) Lookup(parent *Node, name string, st *unix.Statx_t) (*Node, erro
 		// host-side rename took it out of the shared directory since:
 		// check, so a handle never reaches outside.
 		if parent.ID != RootID {
-			rec, err := t.store.Get(parent.ID)
+			rec, err := t.st().Get(parent.ID)
 			if err != nil {
 				return nil, err
 			}
@@ -319,7 +377,7 @@ func (t *Table) registerKnown(fd int, st *unix.Statx_t) (*Node, error) {
 		return n, nil
 	}
 	t.mu.RUnlock()
-	rec, err := t.store.ByIno(m.Index, st.Ino)
+	rec, err := t.st().ByIno(m.Index, st.Ino)
 	if err != nil {
 		unix.Close(fd)
 		return nil, fmt.Errorf("parent directory unknown: %w", unix.ESTALE)
@@ -353,14 +411,14 @@ func (t *Table) Register(parent *Node, name string, fd int, st *unix.Statx_t) (*
 	}
 	t.mu.RUnlock()
 
-	rec, err := t.store.ByIno(m.Index, st.Ino)
+	rec, err := t.st().ByIno(m.Index, st.Ino)
 	switch {
 	case err == nil && rec.Type == typ && !t.handleChanged(rec, fd):
 		if rec.Parent != parent.ID || rec.Name != name {
 			// Renamed on the host, or another hard link: remember the
 			// name we can reach it by now.
 			rec.Parent, rec.Name = parent.ID, name
-			if err := t.store.Update(rec); err != nil {
+			if err := t.st().Update(rec); err != nil {
 				t.log.Warn("could not update node path", "nodeid", rec.ID, "err", err)
 			}
 		}
@@ -368,7 +426,7 @@ func (t *Table) Register(parent *Node, name string, fd int, st *unix.Statx_t) (*
 		// The inode number was reused by another file (another type, or
 		// another handle generation): the old nodeid's file is gone.
 		// Give the new file a new nodeid.
-		if err := t.store.Delete(rec.ID); err != nil {
+		if err := t.st().Delete(rec.ID); err != nil {
 			t.log.Warn("could not delete stale node", "nodeid", rec.ID, "err", err)
 		}
 		fallthrough
@@ -378,7 +436,7 @@ func (t *Table) Register(parent *Node, name string, fd int, st *unix.Statx_t) (*
 			unix.Close(fd)
 			return nil, err
 		}
-		if rec.ID, err = t.store.Insert(rec); err != nil {
+		if rec.ID, err = t.st().Insert(rec); err != nil {
 			unix.Close(fd)
 			return nil, fmt.Errorf("record %q: %w", name, err)
 		}
@@ -496,12 +554,12 @@ func (t *Table) Moved(newParent *Node, name string) {
 	if !ok {
 		return
 	}
-	rec, err := t.store.ByIno(m.Index, st.Ino)
+	rec, err := t.st().ByIno(m.Index, st.Ino)
 	if err != nil || (rec.Parent == newParent.ID && rec.Name == name) {
 		return
 	}
 	rec.Parent, rec.Name = newParent.ID, name
-	if err := t.store.Update(rec); err != nil {
+	if err := t.st().Update(rec); err != nil {
 		t.log.Warn("could not update node path after rename", "nodeid", rec.ID, "err", err)
 	}
 }

@@ -259,3 +259,54 @@ func (t *Table) Close() error {
 	}
 	return t.f.Close()
 }
+
+// Entries lists every open file, live or left by a predecessor (for a
+// migration's device state).
+func (t *Table) Entries() []Entry {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make([]Entry, 0, len(t.live)+len(t.resumed))
+	for _, e := range t.live {
+		out = append(out, e)
+	}
+	for _, e := range t.resumed {
+		out = append(out, e)
+	}
+	return out
+}
+
+// Adopt takes over the open files of a migrated guest: each becomes an
+// entry to Resume, under the same fh. The table must not use those fhs.
+func (t *Table) Adopt(entries []Entry) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, e := range entries {
+		if e.FH == 0 {
+			return fmt.Errorf("adopt open file: fh 0")
+		}
+		if _, ok := t.live[e.FH]; ok {
+			return fmt.Errorf("adopt open file: fh %d is in use", e.FH)
+		}
+	}
+	taken := map[uint64]bool{}
+	for _, e := range entries {
+		e.BackingID = 0 // a backing id means nothing on another connection
+		if err := t.writeLocked(e.FH-1, e); err != nil {
+			return err
+		}
+		t.resumed[e.FH] = e
+		taken[e.FH-1] = true
+		for t.nextFH <= e.FH {
+			t.free = append(t.free, t.nextFH-1)
+			t.nextFH++
+		}
+	}
+	free := t.free[:0]
+	for _, s := range t.free {
+		if !taken[s] {
+			free = append(free, s)
+		}
+	}
+	t.free = free
+	return nil
+}
