@@ -31,7 +31,7 @@ const (
 
 type cacheShard struct {
 	mu      sync.Mutex
-	recs    []recEntry // +checklocks:mu; len is a multiple of cacheWays
+	recs    []recEntry // +checklocks:mu
 	inos    []inoEntry // +checklocks:mu
 	recMask uint64     // number of record sets - 1
 	inoMask uint64

@@ -31,32 +31,48 @@ type diskStore struct {
 	bufs  sync.Pool // of *slotBuf
 	// isClosed mirrors closed for Get's lock-free cache hits.
 	isClosed atomic.Bool
+	// migStep is how many index entries a write migrates (migrateStep;
+	// tests lower it). Set before the store is shared.
+	migStep uint64
 
-	reportMu sync.Mutex          // a leaf lock
-	reported map[NodeID]struct{} // +checklocks:reportMu; tampered nodeids logged
+	// reportMu is a leaf lock. reported holds the tampered nodeids
+	// already logged.
+	reportMu sync.Mutex
+	reported map[NodeID]struct{} // +checklocks:reportMu
 
-	// mu: readers (Get, ByIno, Mounts, Sync) hold it shared, writers
-	// exclusively. It also orders cache fills against writes (see cache).
-	mu         sync.RWMutex
-	closed     bool           // +checklocks:mu
-	metaF      *os.File       // +checklocks:mu
-	recF       *os.File       // +checklocks:mu
+	// mu: readers (Get, ByIno, Mounts, Sync, Export) hold it shared,
+	// writers exclusively. It also orders cache fills against writes (see
+	// cache).
+	mu     sync.RWMutex
+	closed bool          // +checklocks:mu
+	hdr    header        // +checklocks:mu
+	mounts []MountRecord // +checklocks:mu
+
+	// Files. extF holds the overflow slots (records.ext).
+	metaF *os.File // +checklocks:mu
+	recF  *os.File // +checklocks:mu
+	recFD int      // +checklocks:mu
+	extF  *os.File // +checklocks:mu
+	extFD int      // +checklocks:mu
+
+	// next is the next nodeid to hand out, extNext the next overflow
+	// slot to append, allocEnd the bytes of the records file
+	// preallocated.
+	next     NodeID // +checklocks:mu
+	extNext  uint64 // +checklocks:mu
+	allocEnd int64  // +checklocks:mu
+
+	// The reverse index: ix is the current table (file ixF); mig is
+	// non-nil while ix grows from an older table, prep the next table
+	// being zero-filled, prepFailed set when preparing failed (wait for
+	// the grow). migCrossed counts, for tests, unmigrated keys placed in
+	// the new table. See grow.go.
 	ixF        *os.File       // +checklocks:mu
-	recFD      int            // +checklocks:mu
-	extF       *os.File       // +checklocks:mu; overflow slots (records.ext)
-	extFD      int            // +checklocks:mu
-	extNext    uint64         // +checklocks:mu; next overflow slot to append
-	hdr        header         // +checklocks:mu
-	next       NodeID         // +checklocks:mu; next nodeid to hand out
-	allocEnd   int64          // +checklocks:mu; records file bytes preallocated
-	ix         index          // +checklocks:mu; the current table
-	mig        *migration     // +checklocks:mu; non-nil while ix grows (see grow.go)
-	prep       *preparedIndex // +checklocks:mu; the next table, being zero-filled
-	prepFailed bool           // +checklocks:mu; preparing hit an error: wait for the grow
-	migStep    uint64         // entries a write migrates, migrateStep but in tests
-	// Test counter: unmigrated keys placed in the new table.
-	migCrossed int           // +checklocks:mu
-	mounts     []MountRecord // +checklocks:mu
+	ix         index          // +checklocks:mu
+	mig        *migration     // +checklocks:mu
+	prep       *preparedIndex // +checklocks:mu
+	prepFailed bool           // +checklocks:mu
+	migCrossed int            // +checklocks:mu
 }
 
 const (
