@@ -35,7 +35,7 @@ type cacheShard struct {
 	inos    []inoEntry // +checklocks:mu
 	recMask uint64     // number of record sets - 1
 	inoMask uint64
-	_       [24]byte // keep shards' locks on separate cache lines
+	_       [56]byte // 128 bytes per shard: locks on separate cache lines
 }
 
 type recEntry struct {
