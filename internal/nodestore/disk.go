@@ -108,6 +108,11 @@ func openGen(dir string, opts Options, gen uint64) (*diskStore, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("nodestore: %w", err)
 	}
+	if st, err := os.Stat(dir); err == nil && st.Mode().Perm()&0o022 != 0 {
+		// Integrity does not depend on it (everything is sealed), but
+		// others could delete or replace the files.
+		logger.Warn("nodestore: state directory is writable by group or others", "dir", dir, "mode", st.Mode().Perm())
+	}
 	key := opts.Key
 	if key == nil {
 		var err error
@@ -195,7 +200,7 @@ func (s *diskStore) openFiles() error {
 	// Appended slots only: a torn last slot is skipped, never reused.
 	s.extNext = uint64((st.Size() + extSlotSize - 1) / extSlotSize)
 
-	if b, err := os.ReadFile(filepath.Join(s.dir, mountsFile)); err == nil {
+	if b, err := readFileNoFollow(filepath.Join(s.dir, mountsFile)); err == nil {
 		if s.mounts, err = decodeMounts(b, s.keys.mounts, s.gen); err != nil {
 			return err
 		}

@@ -8,6 +8,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -310,6 +311,15 @@ func decodeMounts(b, key []byte, gen uint64) ([]MountRecord, error) {
 		ms = append(ms, m)
 	}
 	return ms, nil
+}
+
+func readFileNoFollow(p string) ([]byte, error) {
+	f, err := os.OpenFile(p, os.O_RDONLY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(io.LimitReader(f, 64<<20))
 }
 
 func writeFileAtomic(dir, name string, data []byte) error {
