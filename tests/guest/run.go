@@ -84,7 +84,14 @@ type Report struct {
 	// (first boot, right after mounting), "walk", "reboot" (after the
 	// token was read back in the boot after reboot -f) and "reconnect"
 	// (same, in the second QEMU).
-	Samples   map[string]Sample
+	Samples map[string]Sample
+	// Peak is the maximum of each field over samples taken every
+	// peakInterval while the daemon ran. Unlike the samples above it does
+	// not depend on timing: a daemon that keeps one fd per inode may get
+	// FORGETs once it runs out of fds (the guest drops dentries whose
+	// revalidating LOOKUP failed with EMFILE), so its fds after the walk
+	// vary from run to run, but its peak does not.
+	Peak      Sample
 	Boots     []time.Duration // wall time of each QEMU run
 	Console   string
 	DaemonLog string
@@ -190,6 +197,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		return nil, err
 	}
 	defer d.stop()
+	peak := startPeakSampler(d.cmd.Process.Pid)
 	logf("%s started (pid %d): %s", o.Daemon.Name, d.cmd.Process.Pid, strings.Join(o.Daemon.Command(sock, shared, dwork), " "))
 
 	rep := &Report{Daemon: o.Daemon.Name, Samples: map[string]Sample{}}
@@ -328,9 +336,47 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 			}
 		}
 	}
+	rep.Peak = peak.stop()
 	rep.Console = console.String()
 	rep.DaemonLog = tail(daemonLog, 64<<10)
 	return rep, nil
+}
+
+// peakInterval is how often the peak sampler looks at the daemon.
+const peakInterval = 250 * time.Millisecond
+
+type peakSampler struct {
+	quit chan struct{}
+	done chan Sample
+}
+
+// startPeakSampler samples pid's process tree every peakInterval.
+func startPeakSampler(pid int) *peakSampler {
+	p := &peakSampler{quit: make(chan struct{}), done: make(chan Sample, 1)}
+	go func() {
+		var peak Sample
+		t := time.NewTicker(peakInterval)
+		defer t.Stop()
+		for {
+			if s, err := sampleTree(pid); err == nil {
+				peak.Procs = max(peak.Procs, s.Procs)
+				peak.FDs = max(peak.FDs, s.FDs)
+				peak.RSSKiB = max(peak.RSSKiB, s.RSSKiB)
+			}
+			select {
+			case <-p.quit:
+				p.done <- peak
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return p
+}
+
+func (p *peakSampler) stop() Sample {
+	close(p.quit)
+	return <-p.done
 }
 
 // exitText describes a Wait result.

@@ -185,6 +185,8 @@ func main() {
 			return strings.ToLower(string(x.Status))
 		})
 	}
+	line("peak fds", func(r *guest.Report) string { return fmt.Sprint(r.Peak.FDs) })
+	line("peak RSS (MiB)", func(r *guest.Report) string { return fmt.Sprintf("%.1f", float64(r.Peak.RSSKiB)/1024) })
 	// Daemon resources at the moments the guest asked the host to look.
 	for _, when := range []string{"mount", "walk", "reboot", "reconnect"} {
 		present := false
