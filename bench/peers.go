@@ -94,7 +94,9 @@ func buildPeers(ctx context.Context, cfg *Config, binDir string) ([]*Daemon, err
 				}
 				return append(a, extra...)
 			}
-			if strings.Contains(govHelp, "supervise") {
+			// --supervise needs the persistent table (the successor
+			// resolves old nodeids from it).
+			if strings.Contains(govHelp, "supervise") && !noState {
 				argv := d.Argv
 				d.RestartArgv = func(shared, mnt, state string) []string {
 					return append(argv(shared, mnt, state), "--supervise")

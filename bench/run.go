@@ -233,7 +233,7 @@ func (r *runner) runJob(ctx context.Context, j *job, peers []*Daemon) {
 				var se *startError
 				isStart := errors.As(err, &se)
 				err = errors.New(strings.ReplaceAll(err.Error(), r.work, "$WORK"))
-				if isStart {
+				if isStart && !j.restart {
 					// A daemon that does not mount once will not mount
 					// for the next job either: stop trying.
 					p.Unavailable = err.Error()
@@ -323,7 +323,9 @@ func (r *runner) skip(j *job, p *Daemon) string {
 		switch {
 		case p.Native:
 			return "no daemon to restart"
-		case p.RestartArgv == nil && (p.Name == PeerGovirtiofsd || p.Name == PeerGovNoState):
+		case p.RestartArgv == nil && p.Name == PeerGovNoState:
+			return "--supervise needs the persistent node table"
+		case p.RestartArgv == nil && p.Name == PeerGovirtiofsd:
 			return "no --supervise flag in govirtiofsd --help yet"
 		case p.RestartArgv == nil:
 			return "cannot restart without losing the mount"
