@@ -35,19 +35,7 @@ func TestQEMUGuest(t *testing.T) {
 	if os.Getenv("VHOSTUSER_QEMU_TEST") == "" {
 		t.Skip("set VHOSTUSER_QEMU_TEST=1 to boot a guest")
 	}
-	dir := os.Getenv("GOVIRTIOFSD_GUEST_DIR")
-	if dir == "" {
-		dir = "/var/cache/govirtiofsd-test"
-	}
-	qemu := os.Getenv("QEMU")
-	if qemu == "" {
-		qemu = "qemu-system-x86_64"
-	}
-	for _, p := range []string{"vmlinux", "busybox", "modules/virtiofs.ko"} {
-		if _, err := os.Stat(filepath.Join(dir, p)); err != nil {
-			t.Skipf("guest files missing: %v", err)
-		}
-	}
+	dir, qemu := guestEnv(t)
 	work := t.TempDir()
 	shared := filepath.Join(work, "shared")
 	os.MkdirAll(filepath.Join(shared, "sub"), 0o755)
@@ -55,7 +43,7 @@ func TestQEMUGuest(t *testing.T) {
 	for i := 0; i < 50; i++ {
 		os.WriteFile(filepath.Join(shared, "sub", fmt.Sprintf("f%02d", i)), []byte{byte(i)}, 0o644)
 	}
-	initrd := buildInitrd(t, dir, work)
+	initrd := buildInitrd(t, dir, work, guestInit)
 
 	root, err := fs.NewLoopbackRoot(shared)
 	if err != nil {
@@ -159,7 +147,25 @@ umount /mnt
 reboot -nf
 `
 
-func buildInitrd(t *testing.T, dir, work string) string {
+// guestEnv returns the guest files directory and the QEMU binary, or skips.
+func guestEnv(t *testing.T) (dir, qemu string) {
+	dir = os.Getenv("GOVIRTIOFSD_GUEST_DIR")
+	if dir == "" {
+		dir = "/var/cache/govirtiofsd-test"
+	}
+	qemu = os.Getenv("QEMU")
+	if qemu == "" {
+		qemu = "qemu-system-x86_64"
+	}
+	for _, p := range []string{"vmlinux", "busybox", "modules/virtiofs.ko"} {
+		if _, err := os.Stat(filepath.Join(dir, p)); err != nil {
+			t.Skipf("guest files missing: %v", err)
+		}
+	}
+	return dir, qemu
+}
+
+func buildInitrd(t *testing.T, dir, work, init string) string {
 	root := filepath.Join(work, "initrd")
 	for _, d := range []string{"bin", "lib"} {
 		os.MkdirAll(filepath.Join(root, d), 0o755)
@@ -168,7 +174,7 @@ func buildInitrd(t *testing.T, dir, work string) string {
 	for _, m := range []string{"virtio_ring", "virtio", "virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio_pci", "fuse", "virtiofs"} {
 		copyFile(t, filepath.Join(dir, "modules", m+".ko"), filepath.Join(root, "lib", m+".ko"), 0o644)
 	}
-	if err := os.WriteFile(filepath.Join(root, "init"), []byte(guestInit), 0o755); err != nil {
+	if err := os.WriteFile(filepath.Join(root, "init"), []byte(init), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	out := filepath.Join(work, "initrd.cpio")
