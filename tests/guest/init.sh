@@ -48,7 +48,9 @@ sample() { # let the host read the daemon's fds and RSS now
 }
 
 check() { # run one guestcheck command, report a crash as a FAIL
-	/bin/guestcheck "$@" || echo "RESULT $1 FAIL guestcheck $1 exited with status $?"
+	name=$1
+	case $1 in token-*) name=$2 ;; esac
+	/bin/guestcheck "$@" || echo "RESULT $name FAIL guestcheck $1 exited with status $?"
 }
 
 mnt_check=mount
