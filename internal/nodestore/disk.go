@@ -406,6 +406,14 @@ func (s *diskStore) insertLocked(r Record) (NodeID, error) {
 		s.zeroSlotLocked(r.ID)
 		return 0, fmt.Errorf("update reverse index: %w", err)
 	}
+	if r.ID == RootID {
+		// The root must survive even a power loss right after the store
+		// was created: the kernel knows it as nodeid 1 for good, and a
+		// store without it cannot serve.
+		if err := s.syncLocked(); err != nil {
+			return 0, err
+		}
+	}
 	s.cache.putRec(r)
 	s.cache.putIno(k, r.ID)
 	return r.ID, nil

@@ -650,3 +650,26 @@ func TestENOSPCIndexGrow(t *testing.T) {
 		}
 	}
 }
+
+func TestKeyFileLengths(t *testing.T) {
+	for _, n := range []int{16, 32, 64, 1024} {
+		dir := t.TempDir()
+		os.WriteFile(filepath.Join(dir, keyFile), bytes.Repeat([]byte{byte(n)}, n), 0o600)
+		rs := populate(t, dir, 3, Options{})
+		s := openT(t, dir, Options{})
+		for _, r := range rs {
+			mustGet(t, s, r)
+		}
+		s.Close()
+		// The same key given directly opens the store too.
+		s = openT(t, dir, Options{Key: bytes.Repeat([]byte{byte(n)}, n)})
+		s.Close()
+	}
+	for _, n := range []int{0, 8, 1025} {
+		dir := t.TempDir()
+		os.WriteFile(filepath.Join(dir, keyFile), make([]byte, n), 0o600)
+		if _, err := Open(dir, Options{Logger: quietLogger()}); err == nil {
+			t.Fatalf("Open with a %d-byte key file succeeded", n)
+		}
+	}
+}

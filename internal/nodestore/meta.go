@@ -26,7 +26,11 @@ const (
 	indexPrefix = "index."      // index.<seq>: the reverse index
 )
 
-const keyLen = 32
+const (
+	keyLen    = 32 // bytes of a key we create
+	minKeyLen = 16
+	maxKeyLen = 1024
+)
 
 // keys are derived from the master key, one per purpose, so that no MAC
 // over one kind of data can be replayed as another.
@@ -57,12 +61,14 @@ func loadKey(dir string) ([]byte, error) {
 			if !st.Mode().IsRegular() || st.Mode().Perm()&0o077 != 0 {
 				return nil, fmt.Errorf("nodestore: key file %s must be a regular file with mode 0600, is %v", p, st.Mode())
 			}
-			k := make([]byte, keyLen+1)
+			// We write 32 bytes; accept any key of 16 bytes to 1 KiB
+			// that an operator or another tool put there.
+			k := make([]byte, maxKeyLen+1)
 			n, err := f.ReadAt(k, 0)
-			if n != keyLen {
-				return nil, fmt.Errorf("nodestore: key file %s has %d bytes, want %d (err %v)", p, n, keyLen, err)
+			if n < minKeyLen || n > maxKeyLen {
+				return nil, fmt.Errorf("nodestore: key file %s has %d bytes, want %d to %d (err %v)", p, n, minKeyLen, maxKeyLen, err)
 			}
-			return k[:keyLen], nil
+			return k[:n], nil
 		}
 		if !errors.Is(err, os.ErrNotExist) {
 			return nil, fmt.Errorf("nodestore: open key: %w", err)
