@@ -579,3 +579,36 @@ func TestResetDeviceKeepsNegotiation(t *testing.T) {
 		t.Errorf("GET_VRING_BASE of a reset ring = %d, %v", base, err)
 	}
 }
+
+// TestHungRequestAbandonedOnDisconnect: a request the filesystem never
+// answers must not keep the daemon from serving the next connection.
+func TestHungRequestAbandonedOnDisconnect(t *testing.T) {
+	checkLeaks(t)
+	block := make(chan struct{})
+	t.Cleanup(func() { close(block) }) // runs before the leak check
+	conns := atomic.Int64{}
+	b := startBackend(t, vhostuser.Config{
+		NewHandler: func() vhostuser.Handler {
+			if conns.Add(1) == 1 {
+				return &echo{block: block}
+			}
+			return newProtocolServer(t)
+		},
+		ThreadPoolSize: 1, AbandonAfter: 100 * time.Millisecond,
+	})
+	f1 := dial(t, b, Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	// Two requests: one inside the handler, one queued behind it.
+	go f1.DoContext(ctx, RequestQueue, [][]byte{[]byte("hang")}, 16)
+	f1.DoContext(ctx, RequestQueue, [][]byte{[]byte("hang")}, 16)
+	f1.Close()
+	start := time.Now()
+	f2 := dial(t, b, Options{})
+	if _, st, err := f2.Init(0); err != nil || !st.Ok() {
+		t.Fatalf("INIT on the second connection: %v %v", st, err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("second connection served after %v", d)
+	}
+}

@@ -18,8 +18,9 @@
 //     SET_MEM_TABLE, ADD_MEM_REG and REM_MEM_REG.
 //   - GET_VRING_BASE stops the ring and waits for its in-flight requests,
 //     so the index it reports covers every request answered. (A request
-//     the filesystem never answers therefore holds up GET_VRING_BASE and
-//     the end of a connection; a warning is logged every 5 s.)
+//     the filesystem never answers therefore holds up GET_VRING_BASE; a
+//     warning is logged every 5 s. A disconnect or RESET_DEVICE waits at
+//     most Config.AbandonAfter, then drops such requests' replies.)
 //   - While VHOST_F_LOG_ALL is negotiated (live migration), every page the
 //     back-end writes — reply buffers and used rings flagged for logging —
 //     is marked in the front-end's dirty log (SET_LOG_BASE, LOG_SHMFD).
@@ -99,6 +100,11 @@ type Config struct {
 	// at most 36 bytes. QEMU's vhost-user-fs-pci takes the tag from its
 	// own command line instead.
 	Tag string
+	// AbandonAfter is how long a disconnect or a device reset waits for
+	// requests still inside the filesystem before it abandons them (their
+	// replies are dropped; nobody is left to read them); default 10s.
+	// GET_VRING_BASE always waits, as the ring index must cover them.
+	AbandonAfter time.Duration
 	// MaxMemSlots is reported by GET_MAX_MEM_SLOTS; default 32.
 	MaxMemSlots int
 	// DeviceState, if set, enables VHOST_USER_PROTOCOL_F_DEVICE_STATE.
@@ -136,6 +142,9 @@ func (c *Config) normalize() (Config, error) {
 	}
 	if len(n.Tag) > 36 {
 		return n, fmt.Errorf("vhostuser: tag %q longer than 36 bytes", n.Tag)
+	}
+	if n.AbandonAfter <= 0 {
+		n.AbandonAfter = 10 * time.Second
 	}
 	if n.MaxMemSlots <= 0 {
 		n.MaxMemSlots = 32

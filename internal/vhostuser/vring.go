@@ -40,6 +40,9 @@ type vring struct {
 	mu sync.Mutex
 	// q is the ring while started, else nil.
 	q *virtqueue.Queue // +checklocks:mu
+	// cur is the runner of the current start, nil while stopped;
+	// completions from an older runner are dropped.
+	cur *runner // +checklocks:mu
 	// call is the eventfd to interrupt the driver, or nil.
 	call *os.File // +checklocks:mu
 	// broken is set when the driver broke the ring protocol; the ring
@@ -53,7 +56,8 @@ type vring struct {
 
 // runner is the goroutines serving a started ring.
 type runner struct {
-	stopping atomic.Bool
+	stopping  atomic.Bool
+	abandoned chan struct{} // closed when stop stops waiting for it
 	done     chan struct{} // closed when the kick goroutine returns
 	work     chan *request // nil: requests are served inline
 	workers  sync.WaitGroup
@@ -64,6 +68,7 @@ type runner struct {
 type request struct {
 	chain *virtqueue.Chain
 	mem   *virtqueue.Memory
+	r     *runner // the ring run it was popped in
 }
 
 func newVring(d *device, index int) *vring {
@@ -113,7 +118,7 @@ func (v *vring) setAddr(a wire.VringAddr) error {
 
 func (v *vring) setKick(f *os.File) error {
 	wasRunning := v.started()
-	v.stop()
+	v.stop(0)
 	if v.kick != nil {
 		v.kick.Close()
 	}
@@ -183,13 +188,13 @@ func (v *vring) start() error {
 	if err != nil {
 		return fmt.Errorf("vring %d: %w", v.index, err)
 	}
+	r := &runner{done: make(chan struct{}), abandoned: make(chan struct{})}
 	v.mu.Lock()
-	v.q, v.broken = q, false
+	v.q, v.cur, v.broken = q, r, false
 	v.mu.Unlock()
 	if v.d.features&wire.FeatureProtocolFeatures == 0 {
 		v.enabled.Store(true)
 	}
-	r := &runner{done: make(chan struct{})}
 	if n := v.d.cfg.ThreadPoolSize; n > 0 {
 		r.work = make(chan *request)
 		r.workers.Add(n)
@@ -203,8 +208,12 @@ func (v *vring) start() error {
 }
 
 // stop stops the ring, waits for its in-flight requests and records the
-// next avail index in v.base.
-func (v *vring) stop() {
+// next avail index in v.base. With abandonAfter > 0 it gives up waiting
+// after that long (a disconnect or a device reset, where nobody will read
+// the replies): the stragglers finish into memory they still hold a
+// reference on, and their completions are dropped because the ring they
+// came from is gone.
+func (v *vring) stop(abandonAfter time.Duration) {
 	r := v.running
 	if r == nil {
 		return
@@ -217,27 +226,37 @@ func (v *vring) stop() {
 		r.workers.Wait()
 		close(finished)
 	}()
-	for waited := 0; ; waited++ {
+	start := time.Now()
+	tick := 5 * time.Second
+	if abandonAfter > 0 {
+		tick = min(tick, abandonAfter)
+	}
+wait:
+	for {
 		select {
 		case <-finished:
-		case <-time.After(5 * time.Second):
-			v.log.Warn("vring stop is waiting for in-flight requests", "seconds", 5*(waited+1))
-			continue
+			break wait
+		case <-time.After(tick):
+			if abandonAfter > 0 && time.Since(start) >= abandonAfter {
+				v.log.Warn("vring stopped with requests still in the filesystem; their replies will be dropped")
+				close(r.abandoned)
+				break wait
+			}
+			v.log.Warn("vring stop is waiting for in-flight requests", "seconds", time.Since(start).Round(time.Second))
 		}
-		break
 	}
 	_ = v.kick.SetReadDeadline(time.Time{})
 	v.mu.Lock()
 	v.base = v.q.LastAvail()
 	v.q.Close()
-	v.q = nil
+	v.q, v.cur = nil, nil
 	v.mu.Unlock()
 	v.running = nil
 }
 
 // getBase handles GET_VRING_BASE: stop the ring and report its index.
 func (v *vring) getBase() uint16 {
-	v.stop()
+	v.stop(0)
 	if v.kick != nil {
 		v.kick.Close()
 		v.kick = nil
@@ -247,7 +266,7 @@ func (v *vring) getBase() uint16 {
 
 // reset stops the ring and forgets its configuration and fds.
 func (v *vring) reset() {
-	v.stop()
+	v.stop(v.d.cfg.AbandonAfter)
 	for _, f := range []*os.File{v.kick, v.errFD} {
 		if f != nil {
 			f.Close()
@@ -306,7 +325,12 @@ func (v *vring) drain(r *runner) bool {
 			return true
 		}
 		if r.work != nil {
-			r.work <- req
+			select {
+			case r.work <- req:
+			case <-r.abandoned:
+				req.mem.Release()
+				return true
+			}
 		} else {
 			v.serve(req)
 		}
@@ -343,7 +367,7 @@ func (v *vring) pop() (*request, error) {
 			v.pushLocked(head, 0)
 			continue
 		}
-		return &request{chain: c, mem: q.Memory().Acquire()}, nil
+		return &request{chain: c, mem: q.Memory().Acquire(), r: v.cur}, nil
 	}
 }
 
@@ -372,8 +396,8 @@ func (v *vring) serve(req *request) {
 	req.mem.Release()
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if v.q == nil {
-		return // cannot happen: stop waits for requests
+	if v.cur != req.r {
+		return // the ring was stopped without waiting for us
 	}
 	v.pushLocked(req.chain.Head, n)
 }
