@@ -58,9 +58,9 @@ type vring struct {
 type runner struct {
 	stopping  atomic.Bool
 	abandoned chan struct{} // closed when stop stops waiting for it
-	done     chan struct{} // closed when the kick goroutine returns
-	work     chan *request // nil: requests are served inline
-	workers  sync.WaitGroup
+	done      chan struct{} // closed when the kick goroutine returns
+	work      chan *request // nil: requests are served inline
+	workers   sync.WaitGroup
 }
 
 // request is one popped chain. It holds a reference on the memory table
