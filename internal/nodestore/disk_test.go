@@ -194,6 +194,9 @@ func expectTampered(t *testing.T, dir string, opts Options, rs []Record, bad map
 	opts.Logger = slog.New(slog.NewTextHandler(&lb, nil))
 	s := openT(t, dir, opts)
 	defer s.Close()
+	if good, nbad, err := Verify(s); err != nil || good != len(rs)-len(bad) || nbad != len(bad) {
+		t.Fatalf("Verify = %d good, %d bad, %v; want %d, %d", good, nbad, err, len(rs)-len(bad), len(bad))
+	}
 	for _, r := range rs {
 		got, err := s.Get(r.ID)
 		if bad[r.ID] {
