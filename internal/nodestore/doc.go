@@ -22,7 +22,8 @@
 //
 // # On-disk layout (Open)
 //
-//	key          32 random bytes, mode 0600 (unless Options.Key is given)
+//	key          32 random bytes, mode 0600 (unless Options.Key is given;
+//	             a key file of 16 B–1 KiB put there is accepted too)
 //	meta         header, two copies 4 KiB apart (see header); flock'ed while open
 //	records      fixed 256-byte slots, slot i = nodeid i: Get is one pread
 //	records.ext  384-byte overflow slots for name+handle > 200 bytes (rare)
@@ -49,7 +50,8 @@
 // sharing the key. Such a record reads as ErrTampered, with an slog error
 // naming the nodeid, file and offset (once per nodeid, so a guest
 // repeating the lookup cannot flood the log); no field of it is returned,
-// and other records are unaffected. The reverse index is not sealed: it is a
+// and other records are unaffected. Verify checks every record (an
+// operator's fsck). The reverse index is not sealed: it is a
 // hint, and every hit is checked against the (sealed) record it names, so
 // corrupting it costs a miss, never a wrong answer.
 //
@@ -75,7 +77,8 @@
 // reuse one; a restart skips the rest of the batch.
 //
 // Host crash / power loss: the header (both copies, generation and
-// reservation), the key and the mount table are fsync'ed when written.
+// reservation), the key, the mount table and the root record (nodeid 1)
+// are fsync'ed when written.
 // Records written since the last Sync (or Close) may be lost — they read
 // as ErrNotFound, which the filesystem turns into ESTALE — or torn, which
 // the MAC turns into ErrTampered; never a misread record. The header says
