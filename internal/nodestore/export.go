@@ -443,6 +443,9 @@ func Import(r io.Reader, key []byte, dir string, opts Options) (Store, error) {
 		}
 		return s, nil
 	}
+	if st, err := os.Lstat(dir); err == nil && !st.IsDir() {
+		return nil, fmt.Errorf("nodestore: import: %s is not a directory", dir)
+	}
 	if ents, err := os.ReadDir(dir); err == nil && len(ents) > 0 {
 		return nil, fmt.Errorf("nodestore: import: %s is not empty", dir)
 	}
