@@ -63,8 +63,15 @@ type runningDaemon struct {
 	log  string        // path of its stdout+stderr
 }
 
-func startDaemon(d Daemon, sock, shared, work, logPath string) (*runningDaemon, error) {
+// prlimit (util-linux, Essential in Debian) sets the daemon's RLIMIT_NOFILE
+// and execs it, so the pid stays the daemon's.
+const prlimit = "/usr/bin/prlimit"
+
+func startDaemon(d Daemon, sock, shared, work, logPath string, nofile int) (*runningDaemon, error) {
 	argv := d.Command(sock, shared, work)
+	if nofile > 0 {
+		argv = append([]string{prlimit, fmt.Sprintf("--nofile=%d:%d", nofile, nofile), "--"}, argv...)
+	}
 	lf, err := os.Create(logPath)
 	if err != nil {
 		return nil, err

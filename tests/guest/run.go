@@ -38,6 +38,11 @@ var AllChecks = []string{CheckPosixtest, CheckIdentity, CheckHandles, CheckWalk,
 // walk's directories and the daemon's own fds are counted.
 const DefaultWalkFiles = 20000
 
+// DefaultNoFile is the daemon's RLIMIT_NOFILE, soft and hard: the hard limit
+// of the machines this project runs on (which a daemon cannot raise), set
+// explicitly so that the walk means the same on a machine with a higher one.
+const DefaultNoFile = 20000
+
 // laterBootWatchdog bounds a boot after the guest's own reboot -f.
 const laterBootWatchdog = 60 * time.Second
 
@@ -67,6 +72,9 @@ type Options struct {
 	Checks    []string // subset of AllChecks; order does not matter
 	WalkFiles int      // default DefaultWalkFiles
 	WorkDir   string   // default: a new directory under os.TempDir()
+	// NoFile is the daemon's RLIMIT_NOFILE (soft and hard); 0 means
+	// DefaultNoFile, negative means inherit the caller's limits.
+	NoFile int
 	// Timeout bounds each QEMU run (the guest watchdog fires 15s earlier);
 	// default: from the checks.
 	Timeout time.Duration
@@ -192,13 +200,16 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	if err := os.MkdirAll(dwork, 0o700); err != nil {
 		return nil, err
 	}
-	d, err := startDaemon(o.Daemon, sock, shared, dwork, daemonLog)
+	if o.NoFile == 0 {
+		o.NoFile = DefaultNoFile
+	}
+	d, err := startDaemon(o.Daemon, sock, shared, dwork, daemonLog, o.NoFile)
 	if err != nil {
 		return nil, err
 	}
 	defer d.stop()
 	peak := startPeakSampler(d.cmd.Process.Pid)
-	logf("%s started (pid %d): %s", o.Daemon.Name, d.cmd.Process.Pid, strings.Join(o.Daemon.Command(sock, shared, dwork), " "))
+	logf("%s started (pid %d, RLIMIT_NOFILE %d): %s", o.Daemon.Name, d.cmd.Process.Pid, o.NoFile, strings.Join(o.Daemon.Command(sock, shared, dwork), " "))
 
 	rep := &Report{Daemon: o.Daemon.Name, Samples: map[string]Sample{}}
 	var console strings.Builder
