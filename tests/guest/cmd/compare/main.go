@@ -5,7 +5,10 @@
 //
 // Usage:
 //
-//	compare [-govirtiofsd BIN] [-daemons a,b] [-checks a,b] [-walk N] [-v]
+//	compare [-govirtiofsd BIN] [-daemons a,b] [-checks a,b] [-walk N] [-nofile N] [-v] [-list]
+//
+// Every daemon runs with RLIMIT_NOFILE 20000 (soft and hard, as the hard
+// limit of this project's machines) unless -nofile says otherwise.
 package main
 
 import (
@@ -31,6 +34,7 @@ func main() {
 	only := flag.String("daemons", "", "comma-separated daemon names to run (default: all)")
 	checkList := flag.String("checks", strings.Join(guest.AllChecks, ","), "comma-separated checks")
 	walk := flag.Int("walk", guest.DefaultWalkFiles, "files for the walk check")
+	nofile := flag.Int("nofile", guest.DefaultNoFile, "daemons' RLIMIT_NOFILE (soft and hard); -1: inherit")
 	verbose := flag.Bool("v", false, "show progress and the guest consoles on stderr")
 	list := flag.Bool("list", false, "list the daemons and exit")
 	flag.Parse()
@@ -105,7 +109,7 @@ func main() {
 		fmt.Fprintf(os.Stderr, "compare: %s ...\n", c.d.Name)
 		start := time.Now()
 		c.rep, c.err = guest.Run(ctx, guest.Options{
-			Guest: g, Daemon: c.d, Checks: checkNames, WalkFiles: *walk, Log: log,
+			Guest: g, Daemon: c.d, Checks: checkNames, WalkFiles: *walk, NoFile: *nofile, Log: log,
 		})
 		c.took = time.Since(start)
 		if c.err != nil {
