@@ -188,6 +188,7 @@ func run(c *config, log *slog.Logger) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	go syncPeriodically(ctx, table, log)
 	if c.mount != "" {
 		return serveDevFuse(ctx, c, fsys, table, log)
 	}
@@ -299,6 +300,26 @@ func serveDevFuse(ctx context.Context, c *config, fsys *passthrough.FS, table *i
 			case <-time.After(2 * time.Second):
 				log.Warn("mount was busy: detached it; open files in it are cut off", "mount", c.mount)
 				return nil
+			}
+		}
+	}
+}
+
+// syncInterval bounds what a host crash (power loss) can take from the node
+// table: records are written to the page cache before their nodeid leaves
+// the daemon (enough for a daemon crash) and made durable this often.
+const syncInterval = 5 * time.Second
+
+func syncPeriodically(ctx context.Context, table *inode.Table, log *slog.Logger) {
+	t := time.NewTicker(syncInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := table.Store().Sync(); err != nil {
+				log.Warn("sync node table", "err", err)
 			}
 		}
 	}
