@@ -163,3 +163,31 @@ func statusOf(r *Reply) fuse.Status {
 	}
 	return r.Status()
 }
+
+// Open sends FUSE_OPEN and returns the file handle.
+func (f *Frontend) Open(qi int, nodeid uint64, flags uint32) (uint64, fuse.Status, error) {
+	in := fuse.OpenIn{Flags: flags}
+	r, err := f.FUSE(qi, OpOpen, nodeid, argBytes(&in), nil, int(unsafe.Sizeof(fuse.OpenOut{})))
+	if err != nil || !r.Status().Ok() {
+		return 0, statusOf(r), err
+	}
+	var out fuse.OpenOut
+	return out.Fh, fuse.OK, decode(r, &out)
+}
+
+// Read sends FUSE_READ and returns the data.
+func (f *Frontend) Read(qi int, nodeid, fh, off uint64, size uint32) ([]byte, fuse.Status, error) {
+	in := fuse.ReadIn{Fh: fh, Offset: off, Size: size}
+	r, err := f.FUSE(qi, OpRead, nodeid, argBytes(&in), nil, int(size))
+	if err != nil || !r.Status().Ok() {
+		return nil, statusOf(r), err
+	}
+	return r.Body, fuse.OK, nil
+}
+
+// Release sends FUSE_RELEASE.
+func (f *Frontend) Release(qi int, nodeid, fh uint64) (fuse.Status, error) {
+	in := fuse.ReleaseIn{Fh: fh}
+	r, err := f.FUSE(qi, OpRelease, nodeid, argBytes(&in), nil, 0)
+	return statusOf(r), err
+}

@@ -97,8 +97,10 @@ type Config struct {
 	// ExitOnDisconnect makes Serve return after the first connection.
 	ExitOnDisconnect bool
 	// Tag is the virtio-fs tag reported in the config space (GET_CONFIG);
-	// at most 36 bytes. QEMU's vhost-user-fs-pci takes the tag from its
-	// own command line instead.
+	// at most 36 bytes. Setting it offers VHOST_USER_PROTOCOL_F_CONFIG.
+	// QEMU's vhost-user-fs-pci takes the tag from its own command line and
+	// only warns about the feature (7.2, 10.0), but QEMU 7.1 to 8.0 are
+	// reported to crash on that warning: leave Tag empty for QEMU.
 	Tag string
 	// AbandonAfter is how long a disconnect or a device reset waits for
 	// requests still inside the filesystem before it abandons them (their
