@@ -97,14 +97,10 @@ func New(rootPath string, store Store, opts Options) (*Table, error) {
 		return nil, err
 	}
 	var st unix.Statx_t
-	if err := Statx(fd, &st); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("stat shared directory %s: %w", rootPath, err)
-	}
-	m, err := t.mountFor(&st, fd)
+	m, err := t.statMount(fd, &st)
 	if err != nil {
 		unix.Close(fd)
-		return nil, err
+		return nil, fmt.Errorf("shared directory %s: %w", rootPath, err)
 	}
 	if err := t.checkRoot(store, m, &st); err != nil {
 		unix.Close(fd)
@@ -115,6 +111,14 @@ func New(rootPath string, store Store, opts Options) (*Table, error) {
 	t.byID[RootID] = t.root
 	t.byKey[inoKey{m.Index, st.Ino}] = t.root
 	return t, nil
+}
+
+// statMount stats fd and finds (or registers) the mount it lives on.
+func (t *Table) statMount(fd int, st *unix.Statx_t) (*Mount, error) {
+	if err := Statx(fd, st); err != nil {
+		return nil, fmt.Errorf("stat: %w", err)
+	}
+	return t.mountFor(st, fd)
 }
 
 // st returns the current store.
@@ -271,14 +275,10 @@ func (t *Table) get(id NodeID, depth int) (*Node, error) {
 		}
 	}
 	var st unix.Statx_t
-	if err := Statx(fd, &st); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("nodeid %d: stat: %w", id, err)
-	}
-	m, err := t.mountFor(&st, fd)
+	m, err := t.statMount(fd, &st)
 	if err != nil {
 		unix.Close(fd)
-		return nil, err
+		return nil, fmt.Errorf("nodeid %d: %w", id, err)
 	}
 	if m.Index != rec.Mount || st.Ino != rec.Ino || uint32(st.Mode)&unix.S_IFMT != rec.Type {
 		unix.Close(fd)

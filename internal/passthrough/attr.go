@@ -54,14 +54,7 @@ func (fs *FS) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name string, out 
 	if !parent.IsDir() && name != "." {
 		return fuse.ENOTDIR
 	}
-	var sx unix.Statx_t
-	n, err := fs.nodes.Lookup(parent, name, &sx)
-	if err != nil {
-		return errno(err)
-	}
-	defer n.Release()
-	fs.fillEntry(n, &sx, out)
-	return fuse.OK
+	return fs.entryFor(parent, name, out)
 }
 
 // Forget drops the kernel's lookup references; see inode.Table.Forget.

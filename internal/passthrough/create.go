@@ -26,8 +26,8 @@ func (fs *FS) parentDir(h *fuse.InHeader, name string) (*inode.Node, fuse.Status
 	return parent, fuse.OK
 }
 
-// entryFor looks up what was just created as name in parent and fills the
-// entry reply.
+// entryFor looks up name in parent (or what was just created as name) and
+// fills the entry reply.
 func (fs *FS) entryFor(parent *inode.Node, name string, out *fuse.EntryOut) fuse.Status {
 	var sx unix.Statx_t
 	n, err := fs.nodes.Lookup(parent, name, &sx)
