@@ -18,10 +18,14 @@ import (
 // state (-1: none); the fds are passed out of band (SCM_RIGHTS, exec
 // inheritance, a supervisor's fd store).
 //
-// TODO(restart): add an in-flight descriptor log in shared memory (as
-// VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD does), so that a successor knows
-// which heads between used_idx and last_avail_idx its predecessor had
-// popped but not completed, and can re-run them.
+// VringState.InFlight covers a planned handover (exec-based upgrade): the
+// snapshot lists the heads popped but not completed.
+//
+// TODO(restart): keep that in-flight descriptor log in shared memory (as
+// VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD does, one entry per descriptor with
+// a counter for ordering), so that it survives a crash of the daemon and a
+// supervisor-restarted successor can re-run what its predecessor died
+// holding.
 type ConnectionState struct {
 	Version          int           `json:"version"`
 	SocketFD         int           `json:"socket_fd"`
@@ -57,9 +61,12 @@ type VringState struct {
 	Started   bool   `json:"started"`
 	Enabled   bool   `json:"enabled"`
 	Broken    bool   `json:"broken"`
-	KickFD    int    `json:"kick_fd"`
-	CallFD    int    `json:"call_fd"`
-	ErrFD     int    `json:"err_fd"`
+	// InFlight lists the heads popped but not yet returned, in no order:
+	// a successor re-runs them (their descriptors stay valid until used).
+	InFlight []uint16 `json:"in_flight,omitempty"`
+	KickFD   int      `json:"kick_fd"`
+	CallFD   int      `json:"call_fd"`
+	ErrFD    int      `json:"err_fd"`
 }
 
 const connectionStateVersion = 1
@@ -213,6 +220,11 @@ func (d *device) snapshot() (*ConnectionState, []*os.File, error) {
 		}
 		if v.q != nil {
 			vs.LastAvail, vs.UsedIdx = v.q.LastAvail(), v.q.UsedIdx()
+		}
+		for h, busy := range v.inflight {
+			if busy {
+				vs.InFlight = append(vs.InFlight, uint16(h))
+			}
 		}
 		vs.Broken = v.broken
 		v.mu.Unlock()

@@ -146,6 +146,9 @@ func TestConnectionStateSnapshot(t *testing.T) {
 	if _, err := UnmarshalConnectionState([]byte(`{"version":99}`), 0); err == nil {
 		t.Error("foreign version accepted")
 	}
+	if len(v.InFlight) != 0 {
+		t.Errorf("idle ring has in-flight heads %v", v.InFlight)
+	}
 	// The ring keeps serving after the snapshot.
 	if out, err := f.Do(1, [][]byte{[]byte("req")}, 2); err != nil || string(out) != "ok" {
 		t.Errorf("Do after snapshot: %q %v", out, err)
@@ -292,4 +295,84 @@ func FuzzMessages(f *testing.F) {
 			t.Fatal("connection did not end at EOF")
 		}
 	})
+}
+
+type blockingHandler struct {
+	began   chan struct{}
+	release chan struct{}
+}
+
+func (b blockingHandler) HandleRequest(in, out [][]byte) (int, fuse.Status) {
+	b.began <- struct{}{}
+	<-b.release
+	return nopHandler{}.HandleRequest(in, out)
+}
+
+func TestSnapshotInFlight(t *testing.T) {
+	h := blockingHandler{began: make(chan struct{}, 4), release: make(chan struct{})}
+	conns := make(chan *Connection, 1)
+	path := serveOnce(t, Config{
+		NewHandler: func() Handler { return h }, ThreadPoolSize: 2,
+		OnConnect: func(c *Connection) { conns <- c },
+	})
+	f := dialFront(t, path)
+	done := make(chan error, 2)
+	for range 2 {
+		go func() { _, err := f.Do(1, [][]byte{[]byte("x")}, 2); done <- err }()
+	}
+	<-h.began
+	<-h.began
+	s, files, err := (<-conns).Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range files {
+		f.Close()
+	}
+	v := s.Vrings[1]
+	if len(v.InFlight) != 2 || v.LastAvail-v.UsedIdx != 2 {
+		t.Errorf("vring 1 with two requests in the handler: %+v", v)
+	}
+	close(h.release)
+	for range 2 {
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+func TestListen(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "s")
+	ln, err := Listen(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Listen(path); err == nil {
+		t.Error("Listen on a live socket succeeded")
+	}
+	// A stale socket (nobody listening) is replaced.
+	f, err := ln.File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.SetUnlinkOnClose(false)
+	ln.Close()
+	l2, err := ListenerFromFD(int(f.Fd()))
+	if err != nil {
+		t.Fatalf("ListenerFromFD: %v", err)
+	}
+	f.Close()
+	l2.Close()
+	ln3, err := Listen(path)
+	if err != nil {
+		t.Fatalf("Listen over a stale socket: %v", err)
+	}
+	ln3.Close()
+	if _, err := os.Stat(path); err == nil {
+		t.Error("socket file left after Close")
+	}
+	os.WriteFile(path, nil, 0o600)
+	if _, err := Listen(path); err == nil {
+		t.Error("Listen replaced a regular file")
+	}
 }

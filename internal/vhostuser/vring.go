@@ -43,6 +43,9 @@ type vring struct {
 	// cur is the runner of the current start, nil while stopped;
 	// completions from an older runner are dropped.
 	cur *runner // +checklocks:mu
+	// inflight marks, by head, the chains popped and not yet returned
+	// (for ConnectionState; a successor would re-run them).
+	inflight []bool // +checklocks:mu
 	// call is the eventfd to interrupt the driver, or nil.
 	call *os.File // +checklocks:mu
 	// broken is set when the driver broke the ring protocol; the ring
@@ -191,6 +194,7 @@ func (v *vring) start() error {
 	r := &runner{done: make(chan struct{}), abandoned: make(chan struct{})}
 	v.mu.Lock()
 	v.q, v.cur, v.broken = q, r, false
+	v.inflight = make([]bool, q.Size())
 	v.mu.Unlock()
 	if v.d.features&wire.FeatureProtocolFeatures == 0 {
 		v.enabled.Store(true)
@@ -249,7 +253,7 @@ wait:
 	v.mu.Lock()
 	v.base = v.q.LastAvail()
 	v.q.Close()
-	v.q, v.cur = nil, nil
+	v.q, v.cur, v.inflight = nil, nil, nil
 	v.mu.Unlock()
 	v.running = nil
 }
@@ -367,6 +371,7 @@ func (v *vring) pop() (*request, error) {
 			v.pushLocked(head, 0)
 			continue
 		}
+		v.inflight[head] = true
 		return &request{chain: c, mem: q.Memory().Acquire(), r: v.cur}, nil
 	}
 }
@@ -405,6 +410,7 @@ func (v *vring) serve(req *request) {
 // pushLocked returns a chain to the driver, logs the used-ring write for
 // migration and interrupts the driver if it asks for it.
 func (v *vring) pushLocked(head uint16, n uint32) {
+	v.inflight[head] = false
 	v.q.Push(head, n)
 	if v.logUsed {
 		v.d.dirty.mark(v.logAddr, virtqueue.UsedRingBytes(v.q.Size()))
