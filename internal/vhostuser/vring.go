@@ -46,6 +46,8 @@ type vring struct {
 	// inflight marks, by head, the chains popped and not yet returned
 	// (for ConnectionState; a successor would re-run them).
 	inflight []bool // +checklocks:mu
+	// badChains counts refused chains, to rate-limit their log lines.
+	badChains uint64 // +checklocks:mu
 	// call is the eventfd to interrupt the driver, or nil.
 	call *os.File // +checklocks:mu
 	// broken is set when the driver broke the ring protocol; the ring
@@ -320,7 +322,7 @@ func (v *vring) loop(r *runner, kick *os.File) {
 // drain serves every available chain. It returns false if the ring broke.
 func (v *vring) drain(r *runner) bool {
 	for !r.stopping.Load() {
-		req, err := v.pop()
+		req, err := v.pop(r)
 		if err != nil {
 			v.fail(err)
 			return false
@@ -343,12 +345,13 @@ func (v *vring) drain(r *runner) bool {
 }
 
 // pop returns the next valid chain, or nil once the ring is empty with
-// notifications re-enabled (or the ring is disabled or broken).
-func (v *vring) pop() (*request, error) {
+// notifications re-enabled (or the ring is disabled, broken, or no longer
+// run by r).
+func (v *vring) pop(r *runner) (*request, error) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	q := v.q
-	if q == nil || v.broken || !v.enabled.Load() {
+	if v.cur != r || v.broken || !v.enabled.Load() {
 		return nil, nil
 	}
 	for {
@@ -367,12 +370,15 @@ func (v *vring) pop() (*request, error) {
 		if err != nil {
 			// The chain is unusable, but its head is valid: hand it
 			// back empty so the driver can reclaim it.
-			v.log.Warn("malformed descriptor chain refused", "head", head, "err", err)
+			// Rate-limited: a guest can send these at will.
+			if v.badChains++; v.badChains <= 10 || v.badChains%1000 == 0 {
+				v.log.Warn("malformed descriptor chain refused", "head", head, "err", err, "count", v.badChains)
+			}
 			v.pushLocked(head, 0)
 			continue
 		}
 		v.inflight[head] = true
-		return &request{chain: c, mem: q.Memory().Acquire(), r: v.cur}, nil
+		return &request{chain: c, mem: q.Memory().Acquire(), r: r}, nil
 	}
 }
 
