@@ -564,6 +564,25 @@ func (t *Table) Moved(newParent *Node, name string) {
 	}
 }
 
+// ParentOf returns the directory (referenced) and name through which node n
+// is reached now, checked to still name n.
+func (t *Table) ParentOf(n *Node) (*Node, string, error) {
+	rec, err := t.st().Get(n.ID)
+	if err != nil {
+		return nil, "", err
+	}
+	parent, err := t.Get(rec.Parent)
+	if err != nil {
+		return nil, "", err
+	}
+	var st unix.Statx_t
+	if err := unix.Statx(parent.fd, rec.Name, unix.AT_SYMLINK_NOFOLLOW, unix.STATX_INO, &st); err != nil || st.Ino != n.Ino {
+		parent.Release()
+		return nil, "", fmt.Errorf("nodeid %d is no longer %q in nodeid %d: %w", n.ID, rec.Name, rec.Parent, unix.ESTALE)
+	}
+	return parent, rec.Name, nil
+}
+
 // MountIndex returns the persistent index of the mount a statx result lives
 // on, or false if the table has not seen that mount yet.
 func (t *Table) MountIndex(st *unix.Statx_t) (uint32, bool) {

@@ -10,22 +10,24 @@ import (
 
 // Extended attributes are reached through /proc/self/fd/N, which names the
 // node's inode without opening it (so fifos and devices are safe). A
-// symlink's own xattrs cannot be reached that way without following it, so
-// they are reported as unsupported.
+// symlink's own xattrs are reached as its name in its parent directory
+// (xattrat.go).
 
 func (fs *FS) xattrNode(h *fuse.InHeader) (*inode.Node, fuse.Status) {
 	if !fs.opts.Xattr {
 		return nil, fuse.ENOSYS
 	}
-	n, st := fs.node(h.NodeId)
-	if !st.Ok() {
-		return nil, st
+	return fs.node(h.NodeId)
+}
+
+// symlinkAt returns the parent directory (referenced) and name through
+// which symlink node n is reached by the *xattrat calls.
+func (fs *FS) symlinkAt(n *inode.Node) (*inode.Node, string, fuse.Status) {
+	parent, name, err := fs.nodes.ParentOf(n)
+	if err != nil {
+		return nil, "", fuse.Status(unix.EOPNOTSUPP)
 	}
-	if n.IsSymlink() {
-		n.Release()
-		return nil, fuse.Status(unix.EOPNOTSUPP)
-	}
-	return n, fuse.OK
+	return parent, name, fuse.OK
 }
 
 // GetXAttr reads one attribute; with an empty dest it reports the size.
@@ -35,7 +37,21 @@ func (fs *FS) GetXAttr(cancel <-chan struct{}, h *fuse.InHeader, attr string, de
 		return 0, st
 	}
 	defer n.Release()
-	sz, err := unix.Getxattr(procPath(n.FD()), attr, dest)
+	var sz int
+	var err error
+	if n.IsSymlink() {
+		parent, name, st := fs.symlinkAt(n)
+		if !st.Ok() {
+			return 0, st
+		}
+		defer parent.Release()
+		var ok bool
+		if sz, ok, err = getxattrat(parent.FD(), name, attr, dest); !ok {
+			return 0, fuse.Status(unix.EOPNOTSUPP)
+		}
+	} else {
+		sz, err = unix.Getxattr(procPath(n.FD()), attr, dest)
+	}
 	if err != nil {
 		return 0, errno(err)
 	}
@@ -49,7 +65,21 @@ func (fs *FS) ListXAttr(cancel <-chan struct{}, h *fuse.InHeader, dest []byte) (
 		return 0, st
 	}
 	defer n.Release()
-	sz, err := unix.Listxattr(procPath(n.FD()), dest)
+	var sz int
+	var err error
+	if n.IsSymlink() {
+		parent, name, st := fs.symlinkAt(n)
+		if !st.Ok() {
+			return 0, fuse.OK
+		}
+		defer parent.Release()
+		var ok bool
+		if sz, ok, err = listxattrat(parent.FD(), name, dest); !ok {
+			return 0, fuse.OK
+		}
+	} else {
+		sz, err = unix.Listxattr(procPath(n.FD()), dest)
+	}
 	if err != nil {
 		return 0, errno(err)
 	}
@@ -70,6 +100,17 @@ func (fs *FS) SetXAttr(cancel <-chan struct{}, in *fuse.SetXAttrIn, attr string,
 	if attr == "" || strings.ContainsRune(attr, 0) {
 		return fuse.EINVAL
 	}
+	if n.IsSymlink() {
+		parent, name, st := fs.symlinkAt(n)
+		if !st.Ok() {
+			return st
+		}
+		defer parent.Release()
+		if ok, err := setxattrat(parent.FD(), name, attr, data, int(in.Flags)); ok {
+			return errno(err)
+		}
+		return fuse.Status(unix.EOPNOTSUPP)
+	}
 	return errno(unix.Setxattr(procPath(n.FD()), attr, data, int(in.Flags)))
 }
 
@@ -83,5 +124,16 @@ func (fs *FS) RemoveXAttr(cancel <-chan struct{}, h *fuse.InHeader, attr string)
 		return st
 	}
 	defer n.Release()
+	if n.IsSymlink() {
+		parent, name, st := fs.symlinkAt(n)
+		if !st.Ok() {
+			return st
+		}
+		defer parent.Release()
+		if ok, err := removexattrat(parent.FD(), name, attr); ok {
+			return errno(err)
+		}
+		return fuse.Status(unix.EOPNOTSUPP)
+	}
 	return errno(unix.Removexattr(procPath(n.FD()), attr))
 }

@@ -13,7 +13,6 @@ const runAll = false
 // enabledSuite lists suite cases (suite.Names()) enabled against
 // govirtiofsd. Pending, with what the daemon did:
 //   - nonroot_setgid_dir_member: a caller in the setgid dir's group (supplementary) loses the setgid bit: needs FUSE_CREATE_SUPP_GROUP
-//   - xattr_symlink: lsetxattr trusted.* on a symlink gives ENOTSUP
 var enabledSuite = map[string]bool{
 	"access":                     true,
 	"close_flush":                true,
@@ -73,6 +72,7 @@ var enabledSuite = map[string]bool{
 	"unlink":                     true,
 	"write_large":                true,
 	"xattr":                      true,
+	"xattr_symlink":              true,
 }
 
 // enabledPosix lists posixtest cases enabled against govirtiofsd.
