@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -305,6 +306,7 @@ func (v *vring) loop(r *runner, kick *os.File) {
 	if r.work != nil {
 		defer close(r.work)
 	}
+	defer v.recoverRing()
 	var buf [8]byte
 	for !r.stopping.Load() {
 		if v.enabled.Load() && !v.drain(r) {
@@ -396,7 +398,23 @@ func (v *vring) fail(err error) {
 func (v *vring) worker(r *runner) {
 	defer r.workers.Done()
 	for req := range r.work {
-		v.serve(req)
+		v.serveRecovered(req)
+	}
+}
+
+func (v *vring) serveRecovered(req *request) {
+	defer v.recoverRing()
+	v.serve(req)
+}
+
+// recoverRing is the last resort against a bug on a ring goroutine: log
+// it and stop the ring instead of taking the daemon down.
+func (v *vring) recoverRing() {
+	if p := recover(); p != nil {
+		v.log.Error("ring goroutine panicked; ring stopped", "panic", p, "stack", string(debug.Stack()))
+		v.mu.Lock()
+		v.broken = true
+		v.mu.Unlock()
 	}
 }
 
