@@ -64,7 +64,7 @@ func TestQEMUGuest(t *testing.T) {
 				opts := &fuse.MountOptions{Logger: log.New(io.Discard, "", 0)}
 				return fuse.NewProtocolServer(fs.NewNodeFS(root, &fs.Options{}), opts)
 			},
-			NumRequestQueues: 1, ThreadPoolSize: 2, ExitOnDisconnect: true,
+			NumRequestQueues: 2, ThreadPoolSize: 2, ExitOnDisconnect: true,
 			Logger: slog.New(slog.NewTextHandler(logWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo})),
 		})
 	}()
@@ -75,7 +75,7 @@ func TestQEMUGuest(t *testing.T) {
 		"-accel", "tcg", "-M", "q35", "-m", "512M", "-smp", "1",
 		"-object", "memory-backend-memfd,id=mem,size=512M,share=on", "-numa", "node,memdev=mem",
 		"-chardev", "socket,id=c0,path="+sock,
-		"-device", "vhost-user-fs-pci,queue-size=1024,chardev=c0,tag=myfs",
+		"-device", "vhost-user-fs-pci,queue-size=1024,num-request-queues=2,chardev=c0,tag=myfs",
 		"-kernel", filepath.Join(dir, "vmlinux"), "-initrd", initrd,
 		"-append", "console=ttyS0 quiet panic=-1",
 		"-nographic", "-nodefaults", "-serial", "stdio")
