@@ -171,6 +171,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	if want[CheckReboot] {
 		watchdog -= laterBootWatchdog + 15*time.Second
 	}
+	watchdog = max(watchdog, 10*time.Second)
 	start := time.Now()
 	logf := func(format string, args ...any) {
 		if o.Log != nil {
