@@ -302,6 +302,9 @@ func (v *vring) remap(mem *virtqueue.Memory) {
 
 // loop is the kick goroutine: drain the ring, wait for a kick, repeat.
 func (v *vring) loop(r *runner, kick *os.File) {
+	// A front-end that truncates a memory file under us makes guest
+	// memory accesses fault; turn that into a panic recoverRing catches.
+	debug.SetPanicOnFault(true)
 	defer close(r.done)
 	if r.work != nil {
 		defer close(r.work)
@@ -396,6 +399,7 @@ func (v *vring) fail(err error) {
 }
 
 func (v *vring) worker(r *runner) {
+	debug.SetPanicOnFault(true) // see loop
 	defer r.workers.Done()
 	for req := range r.work {
 		v.serveRecovered(req)

@@ -65,6 +65,14 @@ func MapRegion(f *os.File, l RegionLayout) (*Region, error) {
 		f.Close()
 		return nil, err
 	}
+	// A mapping that reaches past the end of the file faults (SIGBUS) on
+	// access; refuse it up front. (A front-end that shrinks the file
+	// later can still cause faults: callers run guest-memory users with
+	// debug.SetPanicOnFault.)
+	if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() && uint64(fi.Size()) < l.MmapOffset+l.Size {
+		f.Close()
+		return nil, fmt.Errorf("memory region %v: file has only %d bytes", l, fi.Size())
+	}
 	page := uint64(os.Getpagesize())
 	start := l.MmapOffset &^ (page - 1)
 	lead := l.MmapOffset - start

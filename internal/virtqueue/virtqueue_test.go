@@ -343,7 +343,7 @@ func TestMappedRegionLifetime(t *testing.T) {
 		t.Skip("memfd:", err)
 	}
 	f := os.NewFile(uintptr(fd), "memfd")
-	if err := f.Truncate(3 * 4096); err != nil {
+	if err := f.Truncate(4 * 4096); err != nil {
 		t.Fatal(err)
 	}
 	f.WriteAt([]byte("xyz"), 4096+100)
@@ -426,4 +426,17 @@ func FuzzReadChain(f *testing.F) {
 		}
 		q.Push(h, c.OutLen)
 	})
+}
+
+func TestMapRegionPastEOF(t *testing.T) {
+	fd, err := unix.MemfdCreate("vq-short", unix.MFD_CLOEXEC)
+	if err != nil {
+		t.Skip("memfd:", err)
+	}
+	f := os.NewFile(uintptr(fd), "memfd")
+	f.Truncate(4096)
+	if r, err := MapRegion(f, RegionLayout{Size: 8192}); err == nil {
+		r.Release()
+		t.Error("region larger than its file mapped")
+	}
 }

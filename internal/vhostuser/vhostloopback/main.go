@@ -16,6 +16,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 
 	"github.com/govirtiofsd/govirtiofsd/internal/vhostuser"
@@ -37,7 +38,19 @@ func run() error {
 	queues := flag.Int("queues", 1, "request queues")
 	keep := flag.Bool("keep-listening", false, "serve further connections after a disconnect")
 	debug := flag.Bool("debug", false, "log every vhost-user message")
+	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile here")
 	flag.Parse()
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	if *sock == "" || *dir == "" {
 		return fmt.Errorf("-socket-path and -shared-dir are required")
 	}
