@@ -612,3 +612,37 @@ func TestHungRequestAbandonedOnDisconnect(t *testing.T) {
 		t.Errorf("second connection served after %v", d)
 	}
 }
+
+// TestTruncatedGuestMemory: a front-end that shrinks its memory file under
+// the back-end makes guest memory accesses fault. The faulting request
+// fails; the daemon survives and serves the next connection.
+func TestTruncatedGuestMemory(t *testing.T) {
+	checkLeaks(t)
+	b := startBackend(t, vhostuser.Config{NewHandler: func() vhostuser.Handler { return &echo{} }, ThreadPoolSize: 1, AbandonAfter: 100 * time.Millisecond})
+	f := dial(t, b, Options{MemSize: 8 << 20})
+	if err := f.memfd.Truncate(1 << 20); err != nil {
+		t.Fatal(err)
+	}
+	s, err := f.allocate(16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	copy(f.mem[s.off:], "request")
+	bufs := []virtqueue.Buf{
+		{Addr: guestBase + uint64(s.off), Len: 7},
+		{Addr: guestBase + 6<<20, Len: 4096, Write: true}, // past the new end of file
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	// The fault becomes a panic in the handler, answered like any failed
+	// request (nothing written), or, had it struck outside the handler,
+	// a stopped ring (no answer).
+	if out, err := f.submit(ctx, f.queues[1], bufs, nil, span{}, span{}, 0); len(out) != 0 || (err != nil && !errors.Is(err, context.DeadlineExceeded)) {
+		t.Errorf("request into truncated memory: %q %v", out, err)
+	}
+	f.Close()
+	f2 := dial(t, b, Options{})
+	if out, err := f2.Do(1, [][]byte{[]byte("ab")}, 2); err != nil || string(out) != "ba" {
+		t.Errorf("second connection: %q %v", out, err)
+	}
+}
