@@ -31,6 +31,8 @@ import (
 //
 // It needs what scripts/guest/install.sh puts in /var/cache/govirtiofsd-test
 // (override with GOVIRTIOFSD_GUEST_DIR) and QEMU (override with QEMU).
+// VHOSTUSER_QEMU_DEVICE_OPTS is appended to the -device option, e.g.
+// ",event_idx=off,indirect_desc=off".
 func TestQEMUGuest(t *testing.T) {
 	if os.Getenv("VHOSTUSER_QEMU_TEST") == "" {
 		t.Skip("set VHOSTUSER_QEMU_TEST=1 to boot a guest")
@@ -75,7 +77,7 @@ func TestQEMUGuest(t *testing.T) {
 		"-accel", "tcg", "-M", "q35", "-m", "512M", "-smp", "1",
 		"-object", "memory-backend-memfd,id=mem,size=512M,share=on", "-numa", "node,memdev=mem",
 		"-chardev", "socket,id=c0,path="+sock,
-		"-device", "vhost-user-fs-pci,queue-size=1024,num-request-queues=2,chardev=c0,tag=myfs",
+		"-device", "vhost-user-fs-pci,queue-size=1024,num-request-queues=2,chardev=c0,tag=myfs"+os.Getenv("VHOSTUSER_QEMU_DEVICE_OPTS"),
 		"-kernel", filepath.Join(dir, "vmlinux"), "-initrd", initrd,
 		"-append", "console=ttyS0 quiet panic=-1",
 		"-nographic", "-nodefaults", "-serial", "stdio")
