@@ -1,5 +1,3 @@
-//go:build guestgovirtiofsd
-
 package guest
 
 import (
@@ -16,18 +14,8 @@ import (
 // everything the peers get wrong: distinct identities across host mounts,
 // guest file handles that survive drop_caches, a 20k-file walk within a
 // bounded number of fds, and a daemon that serves a second QEMU.
-//
-// Built only with -tags guestgovirtiofsd until the lead enables it.
 func TestGovirtiofsd(t *testing.T) {
-	testGuest(t) // fail early, naming install.sh, if the assets are missing
-	goTool, err := exec.LookPath("go")
-	if err != nil {
-		goTool = filepath.Join(runtime.GOROOT(), "bin", "go")
-	}
-	bin := filepath.Join(t.TempDir(), "govirtiofsd")
-	if out, err := exec.Command(goTool, "build", "-o", bin, "github.com/govirtiofsd/govirtiofsd/cmd/govirtiofsd").CombinedOutput(); err != nil {
-		t.Fatalf("go build ./cmd/govirtiofsd: %v\n%s", err, out)
-	}
+	bin := buildGovirtiofsd(t)
 	const maxFDs = 1000
 	rep := runGuest(t, Govirtiofsd(bin, "--max-open-fds", "1000"), AllChecks...)
 
@@ -49,4 +37,30 @@ func TestGovirtiofsd(t *testing.T) {
 			t.Errorf("fds after %s = %v, want ≤ %d", when, s, maxFDs+100)
 		}
 	}
+}
+
+// TestGovirtiofsdNoSubmounts: with submounts not announced the guest sees
+// one st_dev for the whole share, and govirtiofsd remaps st_ino (the
+// default --inode-numbers=auto) so the colliding files stay distinct and
+// d_ino still equals st_ino.
+func TestGovirtiofsdNoSubmounts(t *testing.T) {
+	bin := buildGovirtiofsd(t)
+	rep := runGuest(t, Govirtiofsd(bin, "--no-announce-submounts"), "identity")
+	expect(t, rep, "mount", checks.Pass, "")
+	expect(t, rep, "identity", checks.Pass, "")
+	expect(t, rep, "identity-dino", checks.Pass, "")
+}
+
+func buildGovirtiofsd(t *testing.T) string {
+	t.Helper()
+	testGuest(t) // fail early, naming install.sh, if the assets are missing
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		goTool = filepath.Join(runtime.GOROOT(), "bin", "go")
+	}
+	bin := filepath.Join(t.TempDir(), "govirtiofsd")
+	if out, err := exec.Command(goTool, "build", "-o", bin, "github.com/govirtiofsd/govirtiofsd/cmd/govirtiofsd").CombinedOutput(); err != nil {
+		t.Fatalf("go build ./cmd/govirtiofsd: %v\n%s", err, out)
+	}
+	return bin
 }
