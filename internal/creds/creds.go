@@ -22,9 +22,8 @@ import (
 
 // Switch makes the current OS thread act with filesystem uid and gid. It
 // returns a function that restores the previous credentials; call it on the
-// same goroutine before returning. When uid and gid already match the
-// thread's (the daemon serving its own user, or root serving root), Switch
-// does nothing and costs no syscall beyond the two probes.
+// same goroutine before returning. Callers skip it when the caller's ids
+// are the daemon's own (root serving root).
 func Switch(uid, gid uint32) (restore func(), err error) {
 	runtime.LockOSThread()
 	// setfsgid first: once fsuid is not 0 we could no longer change it.

@@ -19,8 +19,10 @@
 //     EBADF; no request can make the server panic (go-fuse turns a panic into
 //     EIO as a last resort).
 //
-// Lock order: FS.handlesMu is a leaf; node references (inode.Node) are taken
-// and released without FS locks held.
+// Lock order: FS.handlesMu, FS.locks.mu and FS.backing.mu are leaves (never
+// held together); node references (inode.Node) are taken and released
+// without FS locks held, except that lock-owner fds are opened under
+// FS.locks.mu.
 package passthrough
 
 import (
