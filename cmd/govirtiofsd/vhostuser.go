@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -42,47 +41,37 @@ func serveVhostUser(ctx context.Context, c *config, fsys *passthrough.FS, mig *m
 	})
 }
 
+// listen opens the vhost-user listening socket: --fd as libvirt passes it,
+// or --socket-path (a stale socket from a dead daemon is replaced), with
+// --socket-group giving that group access to it.
 func listen(c *config) (*net.UnixListener, error) {
 	if c.fd >= 0 {
-		f := os.NewFile(uintptr(c.fd), "vhost-user-listener")
-		l, err := net.FileListener(f)
-		f.Close()
-		if err != nil {
-			return nil, fmt.Errorf("--fd %d: %w", c.fd, err)
-		}
-		ul, ok := l.(*net.UnixListener)
-		if !ok {
-			l.Close()
-			return nil, fmt.Errorf("--fd %d is not a unix socket", c.fd)
-		}
-		return ul, nil
+		return vhostuser.ListenerFromFD(c.fd)
 	}
-	if fi, err := os.Lstat(c.socketPath); err == nil {
-		if fi.Mode()&os.ModeSocket == 0 {
-			return nil, fmt.Errorf("--socket-path %s exists and is not a socket", c.socketPath)
-		}
-		os.Remove(c.socketPath) // a stale socket from an earlier run
-	}
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: c.socketPath, Net: "unix"})
+	ln, err := vhostuser.Listen(c.socketPath)
 	if err != nil {
-		return nil, fmt.Errorf("listen on %s: %w", c.socketPath, err)
+		return nil, err
 	}
-	ln.SetUnlinkOnClose(true)
 	if c.socketGroup != "" {
-		g, err := user.LookupGroup(c.socketGroup)
-		if err != nil {
+		if err := shareWithGroup(c.socketPath, c.socketGroup); err != nil {
 			ln.Close()
 			return nil, fmt.Errorf("--socket-group: %w", err)
-		}
-		gid, _ := strconv.Atoi(g.Gid)
-		if err := os.Chown(c.socketPath, -1, gid); err != nil {
-			ln.Close()
-			return nil, fmt.Errorf("--socket-group: %w", err)
-		}
-		if err := os.Chmod(c.socketPath, 0o660); err != nil {
-			ln.Close()
-			return nil, errors.Join(fmt.Errorf("--socket-group: %w", err))
 		}
 	}
 	return ln, nil
+}
+
+func shareWithGroup(path, group string) error {
+	g, err := user.LookupGroup(group)
+	if err != nil {
+		return err
+	}
+	gid, err := strconv.Atoi(g.Gid)
+	if err != nil {
+		return err
+	}
+	if err := os.Chown(path, -1, gid); err != nil {
+		return err
+	}
+	return os.Chmod(path, 0o660)
 }
