@@ -646,3 +646,114 @@ func TestTruncatedGuestMemory(t *testing.T) {
 		t.Errorf("second connection: %q %v", out, err)
 	}
 }
+
+// TestHandover hands a live connection from one back-end to another (as
+// an exec-based upgrade would, with the state marshalled) while the
+// front-end keeps requests in flight: the front-end must not notice.
+func TestHandover(t *testing.T) {
+	checkLeaks(t)
+	path := filepath.Join(t.TempDir(), "s")
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	eA, eB := &echo{}, &echo{}
+	conns := make(chan *vhostuser.Connection, 2)
+	cfg := vhostuser.Config{
+		NumRequestQueues: 2, ThreadPoolSize: 2, Logger: testLogger(t),
+		OnConnect: func(c *vhostuser.Connection) { conns <- c },
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	servedA := make(chan error, 1)
+	cfgA := cfg
+	cfgA.NewHandler = func() vhostuser.Handler { return eA }
+	go func() { servedA <- vhostuser.Serve(ctx, ln, cfgA) }()
+
+	f := dial(t, &backend{path: path}, Options{})
+	connA := <-conns
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for w := range 6 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				msg := fmt.Sprintf("w%d-%d", w, i)
+				out, err := f.Do(1+(w%2), [][]byte{[]byte(msg)}, len(msg))
+				want := []byte(msg)
+				for a, z := 0, len(want)-1; a < z; a, z = a+1, z-1 {
+					want[a], want[z] = want[z], want[a]
+				}
+				if err != nil || !bytes.Equal(out, want) {
+					errs <- fmt.Errorf("%s: %q %v", msg, out, err)
+					return
+				}
+			}
+		}()
+	}
+	for eA.calls.Load() < 50 {
+		time.Sleep(time.Millisecond)
+	}
+	hctx, hcancel := context.WithTimeout(ctx, 10*time.Second)
+	st, files, err := connA.Handover(hctx)
+	hcancel()
+	if err != nil {
+		t.Fatalf("Handover: %v", err)
+	}
+	if err := <-servedA; !errors.Is(err, vhostuser.ErrHandedOver) {
+		t.Errorf("Serve A returned %v", err)
+	}
+	b, err := st.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	st2, err := vhostuser.UnmarshalConnectionState(b, len(files))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range st2.Vrings[1:] {
+		if !v.Started || len(v.InFlight) != 0 {
+			t.Errorf("handed-over vring %+v", v)
+		}
+	}
+	callsA := eA.calls.Load()
+	time.Sleep(20 * time.Millisecond) // the front-end queues up work meanwhile
+	servedB := make(chan error, 1)
+	cfgB := cfg
+	cfgB.NewHandler = func() vhostuser.Handler { return eB }
+	go func() { servedB <- vhostuser.ResumeConn(ctx, st2, files, cfgB) }()
+	for eB.calls.Load() < 50 {
+		select {
+		case err := <-errs:
+			t.Fatal(err)
+		case err := <-servedB:
+			t.Fatalf("ResumeConn returned early: %v", err)
+		case <-time.After(time.Millisecond):
+		}
+	}
+	close(stop)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if eA.calls.Load() != callsA {
+		t.Errorf("back-end A served %d requests after the handover", eA.calls.Load()-callsA)
+	}
+	// Control messages go to B now.
+	if _, err := f.GetU64(wire.ReqGetFeatures); err != nil {
+		t.Errorf("GET_FEATURES after handover: %v", err)
+	}
+	f.Close()
+	if err := <-servedB; err != nil {
+		t.Errorf("ResumeConn: %v", err)
+	}
+}

@@ -50,6 +50,10 @@ type device struct {
 
 	dirty dirtyLog // shared with the request workers
 
+	// handoverReq carries a pending Connection.Handover to the
+	// connection goroutine (capacity 1).
+	handoverReq chan chan handoverResult
+
 	mu sync.Mutex
 	// mem is the current memory table (one reference held here).
 	mem *virtqueue.Memory // +checklocks:mu
@@ -61,6 +65,8 @@ func newDevice(cfg *Config, conn *net.UnixConn) *device {
 		log:     cfg.Logger,
 		conn:    wire.NewConn(conn),
 		handler: cfg.NewHandler(),
+
+		handoverReq: make(chan chan handoverResult, 1),
 	}
 	for i := 0; i < 1+cfg.NumRequestQueues; i++ {
 		d.vrings = append(d.vrings, newVring(d, i))
@@ -86,6 +92,19 @@ func (d *device) serve(ctx context.Context) (err error) {
 	}()
 	for {
 		m, err := d.conn.ReadMessage(wire.BackendSpec)
+		if errors.Is(err, wire.ErrInterrupted) {
+			select {
+			case req := <-d.handoverReq:
+				res := d.handOverUnderCtl()
+				req <- res
+				if res.err == nil {
+					return ErrHandedOver
+				}
+			default:
+			}
+			d.conn.ResumeReading()
+			continue
+		}
 		if err != nil {
 			if errors.Is(err, wire.ErrDisconnected) || ctx.Err() != nil {
 				return nil
@@ -175,6 +194,12 @@ func (d *device) vring(index uint32) (*vring, error) {
 		return nil, fmt.Errorf("vring index %d out of range (%d queues)", index, len(d.vrings))
 	}
 	return d.vrings[index], nil
+}
+
+func (d *device) handOverUnderCtl() handoverResult {
+	d.ctlMu.Lock()
+	defer d.ctlMu.Unlock()
+	return d.handOver()
 }
 
 func (d *device) dispatchUnderCtl(m *wire.Message) error {

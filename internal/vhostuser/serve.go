@@ -192,6 +192,8 @@ func Serve(ctx context.Context, ln *net.UnixListener, cfg Config) error {
 		case ctx.Err() != nil:
 			_ = ln.SetDeadline(time.Time{})
 			return nil
+		case errors.Is(err, ErrHandedOver):
+			return err
 		case err != nil:
 			c.Logger.Warn("vhost-user connection ended", "err", err)
 		default:

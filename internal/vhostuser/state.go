@@ -89,8 +89,17 @@ func UnmarshalConnectionState(b []byte, numFDs int) (*ConnectionState, error) {
 	if err := json.Unmarshal(b, &s); err != nil {
 		return nil, fmt.Errorf("vhostuser: unmarshal connection state: %w", err)
 	}
+	if err := s.validate(numFDs); err != nil {
+		return nil, err
+	}
+	return &s, nil
+}
+
+// validate checks the version and that every fd index is in range and
+// used once.
+func (s *ConnectionState) validate(numFDs int) error {
 	if s.Version != connectionStateVersion {
-		return nil, fmt.Errorf("vhostuser: connection state version %d, want %d", s.Version, connectionStateVersion)
+		return fmt.Errorf("vhostuser: connection state version %d, want %d", s.Version, connectionStateVersion)
 	}
 	used := map[int]bool{}
 	check := func(what string, fd int, required bool) error {
@@ -107,36 +116,36 @@ func UnmarshalConnectionState(b []byte, numFDs int) (*ConnectionState, error) {
 		return nil
 	}
 	if err := check("socket", s.SocketFD, true); err != nil {
-		return nil, err
+		return err
 	}
 	if err := check("backend request", s.BackendReqFD, false); err != nil {
-		return nil, err
+		return err
 	}
 	for i, r := range s.Regions {
 		if err := r.RegionLayout.Validate(); err != nil {
-			return nil, fmt.Errorf("vhostuser: connection state: region %d: %w", i, err)
+			return fmt.Errorf("vhostuser: connection state: region %d: %w", i, err)
 		}
 		if err := check("region", r.FD, true); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	for i, v := range s.Vrings {
 		if v.Index != i {
-			return nil, fmt.Errorf("vhostuser: connection state: vring %d has index %d", i, v.Index)
+			return fmt.Errorf("vhostuser: connection state: vring %d has index %d", i, v.Index)
 		}
 		for _, f := range []struct {
 			what string
 			fd   int
 		}{{"kick", v.KickFD}, {"call", v.CallFD}, {"err", v.ErrFD}} {
 			if err := check(f.what, f.fd, false); err != nil {
-				return nil, err
+				return err
 			}
 		}
 		if v.Started && v.KickFD < 0 {
-			return nil, fmt.Errorf("vhostuser: connection state: started vring %d without kick fd", i)
+			return fmt.Errorf("vhostuser: connection state: started vring %d without kick fd", i)
 		}
 	}
-	return &s, nil
+	return nil
 }
 
 // fdList collects duplicated fds for a snapshot.

@@ -20,7 +20,9 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync/atomic"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -108,10 +110,46 @@ func (m *Message) Close() {
 // U64 decodes a u64 payload (size already validated).
 func (m *Message) U64() uint64 { return binary.LittleEndian.Uint64(m.Payload) }
 
+// ErrInterrupted is returned by ReadMessage after Interrupt, at a message
+// boundary: no byte of the next message has been consumed.
+var ErrInterrupted = errors.New("vhost-user: read interrupted between messages")
+
 // Conn frames vhost-user messages on a Unix stream socket.
 type Conn struct {
-	c   *net.UnixConn
-	oob []byte
+	c         *net.UnixConn
+	oob       []byte
+	interrupt atomic.Bool
+}
+
+// Interrupt makes a pending or future ReadMessage return ErrInterrupted
+// at the next message boundary; a message already being read is finished
+// first. It may be called from any goroutine.
+func (c *Conn) Interrupt() {
+	c.interrupt.Store(true)
+	_ = c.c.SetReadDeadline(time.Unix(1, 0))
+}
+
+// ResumeReading undoes Interrupt.
+func (c *Conn) ResumeReading() {
+	c.interrupt.Store(false)
+	_ = c.c.SetReadDeadline(time.Time{})
+}
+
+// readFull reads len(b) bytes of a message that has started; an Interrupt
+// cannot cut it short.
+func (c *Conn) readFull(b []byte) error {
+	for n := 0; n < len(b); {
+		k, err := c.c.Read(b[n:])
+		n += k
+		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) && c.interrupt.Load() {
+				_ = c.c.SetReadDeadline(time.Time{})
+				continue
+			}
+			return mapEOF(err)
+		}
+	}
+	return nil
 }
 
 // NewConn wraps c.
@@ -142,7 +180,11 @@ func (c *Conn) ReadMessage(spec func(Header) (Spec, bool)) (*Message, error) {
 		fds = parseRights(c.oob[:oobn])
 	}
 	m := &Message{FDs: fds}
-	if err != nil || n == 0 {
+	if n <= 0 && errors.Is(err, os.ErrDeadlineExceeded) && c.interrupt.Load() { // n is -1 on some errors
+		m.Close()
+		return nil, ErrInterrupted
+	}
+	if err != nil || n <= 0 {
 		m.Close()
 		if err == nil {
 			err = io.EOF
@@ -153,7 +195,7 @@ func (c *Conn) ReadMessage(spec func(Header) (Spec, bool)) (*Message, error) {
 		m.Close()
 		// The stream is still in sync: read and drop the message.
 		if h, err := c.finishHeader(hdr[:], n); err == nil && h.Size <= MaxPayload {
-			_, _ = io.ReadFull(c.c, make([]byte, h.Size))
+			_ = c.readFull(make([]byte, h.Size))
 			return nil, &FDCountError{Request: h.Request, Max: MaxFDs, Got: MaxFDs + 1}
 		}
 		return nil, &BadMessageError{Reason: "too many fds", Fatal: true}
@@ -172,9 +214,9 @@ func (c *Conn) ReadMessage(spec func(Header) (Spec, bool)) (*Message, error) {
 		return nil, &BadMessageError{Request: m.Request, Reason: fmt.Sprintf("payload size %d over %d", m.Size, MaxPayload), Fatal: true}
 	}
 	m.Payload = make([]byte, m.Size)
-	if _, err := io.ReadFull(c.c, m.Payload); err != nil {
+	if err := c.readFull(m.Payload); err != nil {
 		m.Close()
-		return nil, mapEOF(err)
+		return nil, err
 	}
 	if spec != nil {
 		s, ok := spec(m.Header)
@@ -190,8 +232,8 @@ func (c *Conn) ReadMessage(spec func(Header) (Spec, bool)) (*Message, error) {
 
 func (c *Conn) finishHeader(hdr []byte, n int) (Header, error) {
 	if n < HeaderSize {
-		if _, err := io.ReadFull(c.c, hdr[n:]); err != nil {
-			return Header{}, mapEOF(err)
+		if err := c.readFull(hdr[n:]); err != nil {
+			return Header{}, err
 		}
 	}
 	return DecodeHeader(hdr), nil

@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -98,4 +99,24 @@ func FuzzReadMessage(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestInterrupt(t *testing.T) {
+	c, peer := socketpair(t)
+	defer c.Close()
+	defer peer.Close()
+	done := make(chan error, 1)
+	go func() { _, err := c.ReadMessage(BackendSpec); done <- err }()
+	time.Sleep(10 * time.Millisecond)
+	c.Interrupt()
+	if err := <-done; !errors.Is(err, ErrInterrupted) {
+		t.Fatalf("ReadMessage after Interrupt: %v", err)
+	}
+	c.ResumeReading()
+	b := make([]byte, HeaderSize)
+	Header{Request: ReqGetFeatures, Flags: FlagVersion}.Encode(b)
+	peer.Write(b)
+	if m, err := c.ReadMessage(BackendSpec); err != nil || m.Request != ReqGetFeatures {
+		t.Fatalf("after ResumeReading: %v %v", m, err)
+	}
 }
