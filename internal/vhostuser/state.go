@@ -229,6 +229,8 @@ func (d *device) snapshot() (*ConnectionState, []*os.File, error) {
 		}
 		if v.q != nil {
 			vs.LastAvail, vs.UsedIdx = v.q.LastAvail(), v.q.UsedIdx()
+		} else {
+			vs.UsedIdx = v.usedIdx
 		}
 		for h, busy := range v.inflight {
 			if busy {

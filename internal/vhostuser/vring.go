@@ -47,6 +47,8 @@ type vring struct {
 	// inflight marks, by head, the chains popped and not yet returned
 	// (for ConnectionState; a successor would re-run them).
 	inflight []bool // +checklocks:mu
+	// usedIdx is the used index when the ring last stopped.
+	usedIdx uint16 // +checklocks:mu
 	// badChains counts refused chains, to rate-limit their log lines.
 	badChains uint64 // +checklocks:mu
 	// call is the eventfd to interrupt the driver, or nil.
@@ -255,6 +257,7 @@ wait:
 	_ = v.kick.SetReadDeadline(time.Time{})
 	v.mu.Lock()
 	v.base = v.q.LastAvail()
+	v.usedIdx = v.q.UsedIdx()
 	v.q.Close()
 	v.q, v.cur, v.inflight = nil, nil, nil
 	v.mu.Unlock()
