@@ -57,8 +57,17 @@
 //
 // # Restart seam
 //
-// [ConnectionState] describes everything a successor process needs besides
-// the fds themselves; see state.go.
+// [ConnectionState] describes everything a successor needs besides the fds
+// themselves: features, memory layout, each vring's geometry, indices and
+// in-flight heads, and which fd is which. [Connection.Snapshot] takes one
+// while the connection runs. [Connection.Handover] stops the connection
+// between two messages with every ring drained and returns the state and
+// duplicated fds; [ResumeConn] (in this process or an exec'd successor that
+// inherited the fds) re-maps guest memory and restarts the rings where the
+// predecessor stopped. QEMU does not notice (TestQEMUHandover). The
+// successor's Handler must already know the FUSE session (replay the INIT
+// request into it). A crash is not covered yet: that needs the in-flight
+// log in shared memory (TODO in state.go).
 package vhostuser
 
 import (
