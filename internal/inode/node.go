@@ -28,6 +28,8 @@ type Node struct {
 	clock atomic.Bool
 	// pinned nodes (the root) are never evicted.
 	pinned bool
+	// ringIdx is the node's place in Table.ring (guarded by Table.mu).
+	ringIdx int
 }
 
 // FD returns the node's O_PATH file descriptor. It stays valid until the

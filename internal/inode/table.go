@@ -488,6 +488,7 @@ func (t *Table) insertCache(n *Node) *Node {
 	n.refs.Store(2) // the cache's and the caller's
 	t.byID[n.ID] = n
 	t.byKey[inoKey{n.Mount.Index, n.Ino}] = n
+	n.ringIdx = len(t.ring)
 	t.ring = append(t.ring, n)
 	evicted := t.evictLocked()
 	t.mu.Unlock()
@@ -522,6 +523,7 @@ func (t *Table) removeLocked(i int) {
 	n := t.ring[i]
 	last := len(t.ring) - 1
 	t.ring[i] = t.ring[last]
+	t.ring[i].ringIdx = i
 	t.ring[last] = nil
 	t.ring = t.ring[:last]
 	delete(t.byID, n.ID)
@@ -581,6 +583,33 @@ func (t *Table) ParentOf(n *Node) (*Node, string, error) {
 		return nil, "", fmt.Errorf("nodeid %d is no longer %q in nodeid %d: %w", n.ID, rec.Name, rec.Parent, unix.ESTALE)
 	}
 	return parent, rec.Name, nil
+}
+
+// Removed drops the record of a file whose last name was just removed (st
+// is its stat from before). Nodes in use keep working through their fds;
+// the nodeid stops resolving once they are gone.
+func (t *Table) Removed(st *unix.Statx_t) {
+	idx, ok := t.MountIndex(st)
+	if !ok {
+		return
+	}
+	// The cache's O_PATH fd would keep the unlinked inode (and its
+	// disk space) alive; let it go unless a request or open file uses it.
+	t.mu.Lock()
+	var evicted *Node
+	if n, ok := t.byKey[inoKey{idx, st.Ino}]; ok && !n.pinned && n.refs.Load() == 1 {
+		t.removeLocked(n.ringIdx)
+		evicted = n
+	}
+	t.mu.Unlock()
+	evicted.Release()
+	rec, err := t.st().ByIno(idx, st.Ino)
+	if err != nil || rec.ID == RootID {
+		return
+	}
+	if err := t.st().Delete(rec.ID); err != nil {
+		t.log.Warn("drop the record of a removed file", "nodeid", rec.ID, "err", err)
+	}
 }
 
 // MountIndex returns the persistent index of the mount a statx result lives

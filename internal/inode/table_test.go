@@ -156,3 +156,39 @@ func evictAll(t *testing.T, tab *Table, root *Node, dir string, id NodeID) {
 		t.Fatalf("nodeid %d still cached", id)
 	}
 }
+
+// Removing a file's last name drops its record and the cache's fd on it, so
+// its disk space is freed at once; a node still in use keeps working.
+func TestRemovedReleasesInode(t *testing.T) {
+	tab, dir := newTestTable(t, 64, HandlesNever)
+	root := tab.Root()
+	defer root.Release()
+	for _, name := range []string{"gone", "open"} {
+		os.WriteFile(filepath.Join(dir, name), []byte(name), 0o644)
+	}
+	gone := lookup(t, tab, root, "gone")
+	goneID := gone.ID
+	gone.Release()
+	open := lookup(t, tab, root, "open") // held, like an open file
+	defer open.Release()
+	for _, name := range []string{"gone", "open"} {
+		var st unix.Statx_t
+		unix.Statx(root.FD(), name, unix.AT_SYMLINK_NOFOLLOW, statxMask, &st)
+		os.Remove(filepath.Join(dir, name))
+		tab.Removed(&st)
+	}
+	ents, _ := os.ReadDir("/proc/self/fd")
+	for _, e := range ents {
+		if l, _ := os.Readlink("/proc/self/fd/" + e.Name()); l == filepath.Join(dir, "gone")+" (deleted)" {
+			t.Errorf("fd %s still holds the removed file", e.Name())
+		}
+	}
+	if n, err := tab.Get(goneID); err == nil {
+		n.Release()
+		t.Errorf("the removed file's nodeid still resolves")
+	}
+	var st unix.Statx_t
+	if err := Statx(open.FD(), &st); err != nil || st.Nlink != 0 {
+		t.Errorf("the open node: nlink %d, %v; want a working fd on the unlinked file", st.Nlink, err)
+	}
+}

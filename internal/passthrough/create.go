@@ -139,7 +139,19 @@ func (fs *FS) remove(h *fuse.InHeader, name string, flags int) fuse.Status {
 		return st
 	}
 	defer parent.Release()
-	return errno(unix.Unlinkat(parent.FD(), name, flags))
+	var sx unix.Statx_t
+	known := unix.Statx(parent.FD(), name, unix.AT_SYMLINK_NOFOLLOW, unix.STATX_INO|unix.STATX_NLINK|unix.STATX_TYPE|unix.STATX_MNT_ID_UNIQUE, &sx) == nil
+	if err := unix.Unlinkat(parent.FD(), name, flags); err != nil {
+		return errno(err)
+	}
+	// The last name of a file is gone: so is its identity. (Open files
+	// keep their node; a new file that gets the inode number later gets
+	// a new nodeid.) This keeps the node table from growing with files
+	// that no longer exist.
+	if known && (flags&unix.AT_REMOVEDIR != 0 || sx.Nlink <= 1) {
+		fs.nodes.Removed(&sx)
+	}
+	return fuse.OK
 }
 
 // renameFlags are the renameat2 flags a guest may ask for.

@@ -51,7 +51,9 @@ func (fs *FS) ownerFD(key lockKey, f *file, pid uint32) (int, fuse.Status) {
 	if err != nil {
 		return -1, errno(err)
 	}
-	fd, st := fs.reopen(f.node, flags&(unix.O_ACCMODE|unix.O_NONBLOCK)|unix.O_CLOEXEC)
+	// O_NONBLOCK: opening a fifo must not wait for a peer while
+	// fs.locks.mu is held.
+	fd, st := fs.reopen(f.node, flags&unix.O_ACCMODE|unix.O_NONBLOCK|unix.O_CLOEXEC)
 	if !st.Ok() {
 		return -1, st
 	}
