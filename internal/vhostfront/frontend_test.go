@@ -2,6 +2,7 @@ package vhostfront
 
 import (
 	"bytes"
+	"encoding/binary"
 	"context"
 	"errors"
 	"fmt"
@@ -26,6 +27,7 @@ import (
 // echo is a fake Handler: the reply is the request, reversed.
 type echo struct {
 	calls atomic.Int64
+	inits atomic.Int64 // requests that look like FUSE_INIT
 	block chan struct{} // if set, every request waits on it
 	began chan struct{} // if set, receives one value per started request
 }
@@ -39,6 +41,9 @@ func (e *echo) HandleRequest(in, out [][]byte) (int, fuse.Status) {
 		<-e.block
 	}
 	req := bytes.Join(in, nil)
+	if len(req) >= 40 && binary.LittleEndian.Uint32(req[4:]) == OpInit {
+		e.inits.Add(1)
+	}
 	for i, j := 0, len(req)-1; i < j; i, j = i+1, j-1 {
 		req[i], req[j] = req[j], req[i]
 	}
@@ -673,6 +678,7 @@ func TestHandover(t *testing.T) {
 
 	f := dial(t, &backend{path: path}, Options{})
 	connA := <-conns
+	f.Init(0) // the echo reply is no INIT reply; only the request matters
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	errs := make(chan error, 8)
@@ -747,6 +753,9 @@ func TestHandover(t *testing.T) {
 	}
 	if eA.calls.Load() != callsA {
 		t.Errorf("back-end A served %d requests after the handover", eA.calls.Load()-callsA)
+	}
+	if eA.inits.Load() != 1 || eB.inits.Load() != 1 || len(st2.FUSEInit) == 0 {
+		t.Errorf("FUSE_INIT seen by A %d times, replayed into B %d times (state has %d bytes)", eA.inits.Load(), eB.inits.Load(), len(st2.FUSEInit))
 	}
 	// Control messages go to B now.
 	if _, err := f.GetU64(wire.ReqGetFeatures); err != nil {

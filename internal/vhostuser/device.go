@@ -33,7 +33,7 @@ type device struct {
 	cfg     *Config
 	log     *slog.Logger
 	conn    *wire.Conn
-	handler Handler
+	handler *initRecorder
 
 	// ctlMu is held by the connection goroutine while it dispatches a
 	// message, and by Connection.Snapshot. The fields below up to mu are
@@ -64,7 +64,7 @@ func newDevice(cfg *Config, conn *net.UnixConn) *device {
 		cfg:     cfg,
 		log:     cfg.Logger,
 		conn:    wire.NewConn(conn),
-		handler: cfg.NewHandler(),
+		handler: &initRecorder{Handler: cfg.NewHandler()},
 
 		handoverReq: make(chan chan handoverResult, 1),
 	}

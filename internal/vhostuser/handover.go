@@ -80,8 +80,9 @@ func (d *device) handOver() handoverResult {
 }
 
 // ResumeConn takes over a connection from a predecessor's Handover: it
-// maps guest memory again, restarts the rings at the recorded indices and
-// serves the connection like ServeConn. It takes ownership of files (all
+// maps guest memory again, replays the recorded FUSE_INIT into the new
+// Handler (its reply is dropped), restarts the rings at the recorded
+// indices and serves the connection like ServeConn. It takes ownership of files (all
 // are closed or kept). cfg must offer as many queues as the state has.
 func ResumeConn(ctx context.Context, st *ConnectionState, files []*os.File, cfg Config) error {
 	closeAll := func() {
@@ -126,6 +127,9 @@ func ResumeConn(ctx context.Context, st *ConnectionState, files []*os.File, cfg 
 		return fmt.Errorf("vhostuser: resume socket is a %T", fc)
 	}
 	d := newDevice(&c, uc)
+	if st.FUSEInit != nil {
+		replayInit(d.handler, st.FUSEInit)
+	}
 	if err := d.restore(st, take); err != nil {
 		closeAll()
 		d.teardown()

@@ -47,9 +47,10 @@ poweroff -nf
 
 // TestQEMUHandover hands the connection of a running QEMU guest from one
 // back-end instance to another while the guest is busy writing and reading
-// files: QEMU and the guest must not notice. Both instances share the
-// filesystem (one Handler), standing in for a successor that restored the
-// filesystem's state. Opt-in like TestQEMUGuest.
+// files: QEMU and the guest must not notice. Both instances share the node
+// table (go-fuse's bridge), standing in for a successor that restored the
+// filesystem's state; each has its own ProtocolServer, the successor's
+// initialised by the replayed FUSE_INIT. Opt-in like TestQEMUGuest.
 func TestQEMUHandover(t *testing.T) {
 	if os.Getenv("VHOSTUSER_QEMU_TEST") == "" {
 		t.Skip("set VHOSTUSER_QEMU_TEST=1 to boot a guest")
@@ -63,7 +64,11 @@ func TestQEMUHandover(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	handler := fuse.NewProtocolServer(fs.NewNodeFS(root, &fs.Options{}), &fuse.MountOptions{Logger: log.New(io.Discard, "", 0)})
+	// One node table (the bridge), a fresh ProtocolServer per back-end
+	// instance: the successor learns the FUSE session from the replayed
+	// INIT, as a restarted daemon would.
+	bridge := fs.NewNodeFS(root, &fs.Options{})
+	servers := 0
 	sock := filepath.Join(work, "vhost.sock")
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
 	if err != nil {
@@ -74,7 +79,10 @@ func TestQEMUHandover(t *testing.T) {
 	defer cancel()
 	conns := make(chan *Connection, 2)
 	cfg := Config{
-		NewHandler:       func() Handler { return handler },
+		NewHandler: func() Handler {
+			servers++
+			return fuse.NewProtocolServer(bridge, &fuse.MountOptions{Logger: log.New(io.Discard, "", 0)})
+		},
 		NumRequestQueues: 1, ThreadPoolSize: 2,
 		OnConnect: func(c *Connection) { conns <- c },
 		Logger:    slog.New(slog.NewTextHandler(logWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo})),
@@ -134,8 +142,8 @@ func TestQEMUHandover(t *testing.T) {
 			}()
 		}
 	}
-	if !handedOver {
-		t.Fatal("guest never got to the handover point")
+	if !handedOver || servers != 2 {
+		t.Fatalf("handed over: %v, %d protocol servers", handedOver, servers)
 	}
 	for k, want := range map[string]string{"R_MOUNT": "ok", "R_BAD": "0", "R_COUNT": "400", "R_DONE": "1"} {
 		if results[k] != want {

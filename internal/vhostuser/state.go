@@ -36,6 +36,9 @@ type ConnectionState struct {
 	BackendReqFD     int           `json:"backend_req_fd"`
 	Regions          []RegionState `json:"regions"`
 	Vrings           []VringState  `json:"vrings"`
+	// FUSEInit is the guest's FUSE_INIT request as received, replayed
+	// into the successor's Handler by ResumeConn (nil before INIT).
+	FUSEInit []byte `json:"fuse_init,omitempty"`
 }
 
 // RegionState is one guest memory region and the fd it is mapped from.
@@ -193,6 +196,7 @@ func (d *device) snapshot() (*ConnectionState, []*os.File, error) {
 	s := &ConnectionState{
 		Version: connectionStateVersion, Owner: d.owner,
 		Features: d.features, ProtocolFeatures: d.protocol, Status: d.status,
+		FUSEInit: d.handler.initRequest(),
 	}
 	s.SocketFD = fds.add(d.conn.UnixConn(), "vhost-user-socket")
 	if d.backendReq != nil {
