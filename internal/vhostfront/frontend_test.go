@@ -2,8 +2,8 @@ package vhostfront
 
 import (
 	"bytes"
-	"encoding/binary"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -27,7 +27,7 @@ import (
 // echo is a fake Handler: the reply is the request, reversed.
 type echo struct {
 	calls atomic.Int64
-	inits atomic.Int64 // requests that look like FUSE_INIT
+	inits atomic.Int64  // requests that look like FUSE_INIT
 	block chan struct{} // if set, every request waits on it
 	began chan struct{} // if set, receives one value per started request
 }
