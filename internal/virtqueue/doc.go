@@ -17,6 +17,8 @@
 //     device-readable descriptor after a device-writable one is refused, and
 //     indirect descriptors are refused unless VIRTIO_RING_F_INDIRECT_DESC was
 //     negotiated. A refused chain is reported as an error; nothing panics.
+//   - [Driver] is the other side of the same ring (what a guest driver
+//     does), used by tests and by the Go front-end in package vhostfront.
 //   - The used ring is published with the barriers the virtio spec asks for;
 //     each barrier carries a comment saying what it orders.
 //     Notification suppression is implemented in both directions, with and
