@@ -77,6 +77,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -186,6 +187,7 @@ func Serve(ctx context.Context, ln *net.UnixListener, cfg Config) error {
 		<-ctx.Done()
 		_ = ln.SetDeadline(aLongTimeAgo())
 	}()
+	var backoff time.Duration
 	for {
 		conn, err := ln.AcceptUnix()
 		if err != nil {
@@ -193,8 +195,20 @@ func Serve(ctx context.Context, ln *net.UnixListener, cfg Config) error {
 				_ = ln.SetDeadline(time.Time{})
 				return nil
 			}
+			// Out of fds or an aborted connection: wait and retry,
+			// as a daemon for many VMs should.
+			if errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) || errors.Is(err, syscall.ECONNABORTED) {
+				backoff = min(max(2*backoff, 10*time.Millisecond), time.Second)
+				c.Logger.Warn("vhost-user accept failed; retrying", "err", err, "in", backoff)
+				select {
+				case <-time.After(backoff):
+				case <-ctx.Done():
+				}
+				continue
+			}
 			return fmt.Errorf("vhostuser: accept: %w", err)
 		}
+		backoff = 0
 		c.Logger.Info("vhost-user front-end connected")
 		err = ServeConn(ctx, conn, c)
 		switch {
