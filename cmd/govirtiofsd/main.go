@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 	"time"
@@ -55,6 +56,7 @@ type config struct {
 	numQueues         int
 	supervise         bool
 	fusePassthrough   bool
+	cpuProfile        string
 }
 
 func parseFlags(args []string) (*config, error) {
@@ -85,6 +87,7 @@ func parseFlags(args []string) (*config, error) {
 	fs.BoolVar(&c.exitOnDisconnect, "exit-on-disconnect", false, "exit when the vhost-user front-end disconnects")
 	fs.IntVar(&c.numQueues, "num-request-queues", 1, "virtio-fs request queues offered")
 	fs.BoolVar(&c.fusePassthrough, "fuse-passthrough", true, "/dev/fuse: let the kernel read and write opened files directly on the host (FUSE passthrough, Linux 6.9+, root); cache auto or always only")
+	fs.StringVar(&c.cpuProfile, "cpuprofile", "", "write a CPU profile (pprof) to this file until exit")
 	fs.BoolVar(&c.supervise, "supervise", false, "keep the /dev/fuse connection in a supervisor process and restart the serving process if it dies")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -149,6 +152,14 @@ func main() {
 			os.Exit(1)
 		}
 		return
+	}
+	if c.cpuProfile != "" {
+		stop, err := startCPUProfile(c.cpuProfile)
+		if err != nil {
+			log.Error("cpu profile", "err", err)
+			os.Exit(1)
+		}
+		defer stop()
 	}
 	if err := run(c, log); err != nil {
 		log.Error("govirtiofsd failed", "err", err)
@@ -323,4 +334,16 @@ func syncPeriodically(ctx context.Context, table *inode.Table, log *slog.Logger)
 			}
 		}
 	}
+}
+
+func startCPUProfile(path string) (stop func(), err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }
