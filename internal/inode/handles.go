@@ -55,6 +55,22 @@ func (t *Table) handleOf(fd int) (int32, []byte, error) {
 	return h.Type(), h.Bytes(), nil
 }
 
+// handleAt is handleOf for name in the directory dirfd (not following a
+// final symlink).
+func (t *Table) handleAt(dirfd int, name string) (int32, []byte, error) {
+	if t.opts.Handles == HandlesNever {
+		return 0, nil, nil
+	}
+	h, _, err := unix.NameToHandleAt(dirfd, name, 0)
+	if err != nil {
+		if t.opts.Handles == HandlesMandatory {
+			return 0, nil, fmt.Errorf("--inode-file-handles=mandatory: name_to_handle_at: %w", err)
+		}
+		return 0, nil, nil
+	}
+	return h.Type(), h.Bytes(), nil
+}
+
 // openByHandle re-finds a node's file by its handle and checks that it is
 // still inside the shared directory: a host-side rename may have moved it
 // out, and such a file is never served. ok is false when the handle cannot

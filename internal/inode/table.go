@@ -396,32 +396,104 @@ func (t *Table) Register(parent *Node, name string, fd int, st *unix.Statx_t) (*
 	}
 	key := inoKey{m.Index, st.Ino}
 	typ := uint32(st.Mode) & unix.S_IFMT
-
-	kl := &t.keyLocks[maphash.Comparable(t.seed, key)%uint64(len(t.keyLocks))]
+	kl := t.keyLock(key)
 	kl.Lock()
 	defer kl.Unlock()
-
-	t.mu.RLock()
-	if n, ok := t.byKey[key]; ok && n.Type == typ {
-		n.IncRef()
-		n.clock.Store(true)
-		t.mu.RUnlock()
+	if n := t.cachedKey(key, typ); n != nil {
 		unix.Close(fd)
 		return n, nil
 	}
-	t.mu.RUnlock()
+	rec, err := t.recordLocked(parent.ID, name, m, st, func() (int32, []byte, error) { return t.handleOf(fd) })
+	if err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	return t.insertCache(&Node{ID: rec.ID, Type: typ, Mount: m, Ino: st.Ino, fd: fd}), nil
+}
 
+// Entry is what a lookup that opened no fd returns: enough for a FUSE
+// entry reply.
+type Entry struct {
+	ID    NodeID
+	Mount *Mount
+}
+
+// LookupStat resolves name in parent like Lookup, but records the node
+// without opening it: one statx instead of an open, a statx and (later) a
+// close, and no fd cache churn for a LOOKUP or READDIRPLUS whose node the
+// guest may never use. The fd is opened on first use (Get), which checks
+// the file is still the one recorded. name must be a validated single
+// component other than "." and "..".
+func (t *Table) LookupStat(parent *Node, name string, st *unix.Statx_t) (Entry, error) {
+	if err := unix.Statx(parent.fd, name, unix.AT_SYMLINK_NOFOLLOW|unix.AT_STATX_SYNC_AS_STAT, statxMask, st); err != nil {
+		return Entry{}, err
+	}
+	t.mounts.mu.Lock()
+	m, ok := t.mounts.byID[st.Mnt_id]
+	t.mounts.mu.Unlock()
+	if !ok {
+		// A mount seen for the first time is registered from an fd.
+		n, err := t.Lookup(parent, name, st)
+		if err != nil {
+			return Entry{}, err
+		}
+		defer n.Release()
+		return Entry{ID: n.ID, Mount: n.Mount}, nil
+	}
+	key := inoKey{m.Index, st.Ino}
+	typ := uint32(st.Mode) & unix.S_IFMT
+	t.mu.RLock()
+	if n, ok := t.byKey[key]; ok && n.Type == typ {
+		id := n.ID
+		n.clock.Store(true)
+		t.mu.RUnlock()
+		return Entry{ID: id, Mount: m}, nil
+	}
+	t.mu.RUnlock()
+	kl := t.keyLock(key)
+	kl.Lock()
+	defer kl.Unlock()
+	rec, err := t.recordLocked(parent.ID, name, m, st, func() (int32, []byte, error) { return t.handleAt(parent.fd, name) })
+	if err != nil {
+		return Entry{}, err
+	}
+	return Entry{ID: rec.ID, Mount: m}, nil
+}
+
+func (t *Table) keyLock(key inoKey) *sync.Mutex {
+	return &t.keyLocks[maphash.Comparable(t.seed, key)%uint64(len(t.keyLocks))]
+}
+
+// cachedKey returns the cached node for key if it has type typ, referenced.
+func (t *Table) cachedKey(key inoKey, typ uint32) *Node {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	if n, ok := t.byKey[key]; ok && n.Type == typ {
+		n.IncRef()
+		n.clock.Store(true)
+		return n
+	}
+	return nil
+}
+
+// recordLocked finds or creates the record of the file st, found as name in
+// parent on mount m (handle computes its host handle when needed). The
+// caller holds the key's lock, so concurrent lookups of one file agree on
+// one nodeid.
+func (t *Table) recordLocked(parent NodeID, name string, m *Mount, st *unix.Statx_t, handle func() (int32, []byte, error)) (Record, error) {
+	typ := uint32(st.Mode) & unix.S_IFMT
 	rec, err := t.st().ByIno(m.Index, st.Ino)
 	switch {
-	case err == nil && rec.Type == typ && !t.handleChanged(rec, fd):
-		if rec.Parent != parent.ID || rec.Name != name {
+	case err == nil && rec.Type == typ && !t.handleChanged(rec, handle):
+		if rec.Parent != parent || rec.Name != name {
 			// Renamed on the host, or another hard link: remember the
 			// name we can reach it by now.
-			rec.Parent, rec.Name = parent.ID, name
+			rec.Parent, rec.Name = parent, name
 			if err := t.st().Update(rec); err != nil {
 				t.log.Warn("could not update node path", "nodeid", rec.ID, "err", err)
 			}
 		}
+		return rec, nil
 	case err == nil:
 		// The inode number was reused by another file (another type, or
 		// another handle generation): the old nodeid's file is gone.
@@ -429,31 +501,27 @@ func (t *Table) Register(parent *Node, name string, fd int, st *unix.Statx_t) (*
 		if err := t.st().Delete(rec.ID); err != nil {
 			t.log.Warn("could not delete stale node", "nodeid", rec.ID, "err", err)
 		}
-		fallthrough
 	case errors.Is(err, ErrNotFound) || errors.Is(err, ErrTampered):
-		rec = Record{Mount: m.Index, Ino: st.Ino, Type: typ, Parent: parent.ID, Name: name}
-		if rec.HandleType, rec.Handle, err = t.handleOf(fd); err != nil {
-			unix.Close(fd)
-			return nil, err
-		}
-		if rec.ID, err = t.st().Insert(rec); err != nil {
-			unix.Close(fd)
-			return nil, fmt.Errorf("record %q: %w", name, err)
-		}
 	default:
-		unix.Close(fd)
-		return nil, fmt.Errorf("find %q: %w", name, err)
+		return Record{}, fmt.Errorf("find %q: %w", name, err)
 	}
-	return t.insertCache(&Node{ID: rec.ID, Type: typ, Mount: m, Ino: st.Ino, fd: fd}), nil
+	rec = Record{Mount: m.Index, Ino: st.Ino, Type: typ, Parent: parent, Name: name}
+	if rec.HandleType, rec.Handle, err = handle(); err != nil {
+		return Record{}, err
+	}
+	if rec.ID, err = t.st().Insert(rec); err != nil {
+		return Record{}, fmt.Errorf("record %q: %w", name, err)
+	}
+	return rec, nil
 }
 
-// handleChanged reports whether fd's host handle differs from the one
+// handleChanged reports whether the file's host handle differs from the one
 // recorded: the inode number was reused for a new file.
-func (t *Table) handleChanged(rec Record, fd int) bool {
+func (t *Table) handleChanged(rec Record, handle func() (int32, []byte, error)) bool {
 	if t.opts.Handles == HandlesNever || len(rec.Handle) == 0 {
 		return false
 	}
-	typ, h, err := t.handleOf(fd)
+	typ, h, err := handle()
 	if err != nil || h == nil {
 		return false
 	}

@@ -9,10 +9,10 @@ import (
 
 var switchCreds = creds.Switch
 
-// fillAttr converts a host statx result for node n into the FUSE attributes
-// the guest sees.
-func (fs *FS) fillAttr(n *inode.Node, st *unix.Statx_t, out *fuse.Attr) {
-	out.Ino = fs.inodeNumber(n.Mount.Index, st.Ino)
+// fillAttr converts a host statx result for node id on mount into the FUSE
+// attributes the guest sees.
+func (fs *FS) fillAttr(id inode.NodeID, mount uint32, st *unix.Statx_t, out *fuse.Attr) {
+	out.Ino = fs.inodeNumber(mount, st.Ino)
 	out.Size = st.Size
 	out.Blocks = st.Blocks
 	out.Atime, out.Atimensec = uint64(st.Atime.Sec), st.Atime.Nsec
@@ -24,19 +24,19 @@ func (fs *FS) fillAttr(n *inode.Node, st *unix.Statx_t, out *fuse.Attr) {
 	out.Rdev = uint32(unix.Mkdev(st.Rdev_major, st.Rdev_minor))
 	out.Blksize = st.Blksize
 	out.Flags = 0
-	if n.ID != inode.RootID && st.Attributes_mask&unix.STATX_ATTR_MOUNT_ROOT != 0 &&
+	if id != inode.RootID && st.Attributes_mask&unix.STATX_ATTR_MOUNT_ROOT != 0 &&
 		st.Attributes&unix.STATX_ATTR_MOUNT_ROOT != 0 && fs.submounts.Load() {
 		out.Flags |= fuse.ATTR_SUBMOUNT
 	}
 }
 
-// fillEntry fills an entry reply for node n.
-func (fs *FS) fillEntry(n *inode.Node, st *unix.Statx_t, out *fuse.EntryOut) {
-	out.NodeId = uint64(n.ID)
+// fillEntry fills an entry reply for node id on mount.
+func (fs *FS) fillEntry(id inode.NodeID, mount uint32, st *unix.Statx_t, out *fuse.EntryOut) {
+	out.NodeId = uint64(id)
 	out.Generation = fs.nodes.Generation()
 	out.SetEntryTimeout(fs.entryTimeout)
 	out.SetAttrTimeout(fs.attrTimeout)
-	fs.fillAttr(n, st, &out.Attr)
+	fs.fillAttr(id, mount, st, &out.Attr)
 }
 
 // Lookup resolves name in the directory header.NodeId. With export support
@@ -73,7 +73,7 @@ func (fs *FS) GetAttr(cancel <-chan struct{}, in *fuse.GetAttrIn, out *fuse.Attr
 	if err := inode.Statx(n.FD(), &sx); err != nil {
 		return errno(err)
 	}
-	fs.fillAttr(n, &sx, &out.Attr)
+	fs.fillAttr(n.ID, n.Mount.Index, &sx, &out.Attr)
 	out.SetTimeout(fs.attrTimeout)
 	return fuse.OK
 }
@@ -150,7 +150,7 @@ func (fs *FS) SetAttr(cancel <-chan struct{}, in *fuse.SetAttrIn, out *fuse.Attr
 	if err := inode.Statx(n.FD(), &sx); err != nil {
 		return errno(err)
 	}
-	fs.fillAttr(n, &sx, &out.Attr)
+	fs.fillAttr(n.ID, n.Mount.Index, &sx, &out.Attr)
 	out.SetTimeout(fs.attrTimeout)
 	return fuse.OK
 }

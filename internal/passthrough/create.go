@@ -30,12 +30,20 @@ func (fs *FS) parentDir(h *fuse.InHeader, name string) (*inode.Node, fuse.Status
 // fills the entry reply.
 func (fs *FS) entryFor(parent *inode.Node, name string, out *fuse.EntryOut) fuse.Status {
 	var sx unix.Statx_t
-	n, err := fs.nodes.Lookup(parent, name, &sx)
+	if name == "." || name == ".." {
+		n, err := fs.nodes.Lookup(parent, name, &sx)
+		if err != nil {
+			return errno(err)
+		}
+		defer n.Release()
+		fs.fillEntry(n.ID, n.Mount.Index, &sx, out)
+		return fuse.OK
+	}
+	e, err := fs.nodes.LookupStat(parent, name, &sx)
 	if err != nil {
 		return errno(err)
 	}
-	defer n.Release()
-	fs.fillEntry(n, &sx, out)
+	fs.fillEntry(e.ID, e.Mount.Index, &sx, out)
 	return fuse.OK
 }
 

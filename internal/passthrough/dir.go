@@ -225,19 +225,18 @@ func (fs *FS) addPlusEntry(dir *inode.Node, e fuse.DirEntry, hostIno uint64, out
 		return out.AddDirLookupEntry(e) != nil
 	}
 	var sx unix.Statx_t
-	n, err := fs.nodes.Lookup(dir, e.Name, &sx)
+	n, err := fs.nodes.LookupStat(dir, e.Name, &sx)
 	if err != nil {
 		e.Ino = fs.inodeNumber(dir.Mount.Index, hostIno)
 		return out.AddDirLookupEntry(e) != nil
 	}
-	defer n.Release()
 	e.Ino = fs.inodeNumber(n.Mount.Index, sx.Ino)
 	e.Mode = uint32(sx.Mode)
 	entry := out.AddDirLookupEntry(e)
 	if entry == nil {
 		return false
 	}
-	fs.fillEntry(n, &sx, entry)
+	fs.fillEntry(n.ID, n.Mount.Index, &sx, entry)
 	return true
 }
 

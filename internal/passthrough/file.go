@@ -188,7 +188,7 @@ func (fs *FS) Create(cancel <-chan struct{}, in *fuse.CreateIn, name string, out
 		unix.Close(fd)
 		return errno(err)
 	}
-	fs.fillEntry(n, &sx, &out.EntryOut)
+	fs.fillEntry(n.ID, n.Mount.Index, &sx, &out.EntryOut)
 	return errno(fs.addFile(fd, n, flags, &out.OpenOut))
 }
 
@@ -231,7 +231,7 @@ func (fs *FS) Tmpfile(cancel <-chan struct{}, in *fuse.CreateIn, out *fuse.Creat
 		unix.Close(fd)
 		return errno(err)
 	}
-	fs.fillEntry(n, &sx, &out.EntryOut)
+	fs.fillEntry(n.ID, n.Mount.Index, &sx, &out.EntryOut)
 	return errno(fs.addFile(fd, n, flags, &out.OpenOut))
 }
 
