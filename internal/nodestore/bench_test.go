@@ -156,12 +156,9 @@ func diskUsage(dir string) (apparent, allocated int64) {
 	return
 }
 
-// TestMemory1M (NODESTORE_RSS=1) inserts 1M records and reports RSS, heap
-// and disk use. RSS must stay within 64 MiB of the empty store.
+// TestMemory1M inserts 1M records and reports RSS, heap and disk use. RSS
+// must stay within 64 MiB of the empty store.
 func TestMemory1M(t *testing.T) {
-	if os.Getenv("NODESTORE_RSS") == "" {
-		t.Skip("set NODESTORE_RSS=1")
-	}
 	n := benchN()
 	dir := t.TempDir()
 	s := openT(t, dir, Options{})

@@ -414,7 +414,7 @@ func TestENOSPC(t *testing.T) {
 func testENOSPC(t *testing.T, size string) {
 	mnt := t.TempDir()
 	if err := unix.Mount("tmpfs", mnt, "tmpfs", 0, "size="+size+",mode=0700"); err != nil {
-		t.Skipf("cannot mount tmpfs (need root): %v", err)
+		t.Fatalf("mount tmpfs (the tests run as root): %v", err)
 	}
 	t.Cleanup(func() { unix.Unmount(mnt, unix.MNT_DETACH) })
 	dir := filepath.Join(mnt, "state")
@@ -476,11 +476,18 @@ func testENOSPC(t *testing.T, size string) {
 // on a store recovered from a kill.
 const crashEnv = "NODESTORE_CRASH_DIR"
 
-func TestCrashChild(t *testing.T) {
-	dir := os.Getenv(crashEnv)
-	if dir == "" {
-		t.Skip("helper for TestCrashSIGKILL")
+// TestMain runs the crash child when TestCrashSIGKILL starts this binary
+// as one (it never returns then), and the tests otherwise.
+func TestMain(m *testing.M) {
+	if dir := os.Getenv(crashEnv); dir != "" {
+		crashChild(dir)
 	}
+	os.Exit(m.Run())
+}
+
+// crashChild inserts records forever, printing each nodeid once Insert
+// returned, until the parent kills it.
+func crashChild(dir string) {
 	ds, err := open(dir, Options{Logger: quietLogger(), CacheBytes: 1 << 16})
 	if err != nil {
 		fmt.Println("ERR", err)
@@ -514,7 +521,7 @@ func TestCrashSIGKILL(t *testing.T) {
 		rounds = []struct{ killAfter, migStep int }{{2500, 0}, {3472, 0}}
 	}
 	for round, rd := range rounds {
-		cmd := exec.Command(os.Args[0], "-test.run=^TestCrashChild$", "-test.count=1")
+		cmd := exec.Command(os.Args[0], "-test.run=^$")
 		cmd.Env = append(os.Environ(), crashEnv+"="+dir,
 			"NODESTORE_CRASH_BASE="+strconv.Itoa(round*10_000_000),
 			"NODESTORE_CRASH_MIGSTEP="+strconv.Itoa(rd.migStep))
@@ -596,7 +603,7 @@ func TestCrashSIGKILL(t *testing.T) {
 func TestENOSPCIndexGrow(t *testing.T) {
 	mnt := t.TempDir()
 	if err := unix.Mount("tmpfs", mnt, "tmpfs", 0, "size=8m,mode=0700"); err != nil {
-		t.Skipf("cannot mount tmpfs (need root): %v", err)
+		t.Fatalf("mount tmpfs (the tests run as root): %v", err)
 	}
 	t.Cleanup(func() { unix.Unmount(mnt, unix.MNT_DETACH) })
 	ds, err := open(filepath.Join(mnt, "state"), Options{Logger: quietLogger()})
