@@ -16,6 +16,7 @@ package creds
 import (
 	"fmt"
 	"runtime"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -25,11 +26,36 @@ import (
 // same goroutine before returning. Callers skip it when the caller's ids
 // are the daemon's own (root serving root).
 func Switch(uid, gid uint32) (restore func(), err error) {
+	return SwitchGroups(uid, gid, nil)
+}
+
+// SwitchGroups is Switch with supplementary groups as well (FUSE's
+// CREATE_SUPP_GROUP extension: the caller's group that owns a setgid
+// directory, so a file created in it keeps that group and its setgid bit).
+// setgroups(2) is per thread when called raw, like setfsuid.
+func SwitchGroups(uid, gid uint32, groups []uint32) (restore func(), err error) {
 	runtime.LockOSThread()
+	var oldGroups []uint32
+	if len(groups) > 0 {
+		if oldGroups, err = getgroups(); err != nil {
+			runtime.UnlockOSThread()
+			return nil, err
+		}
+		if err := setgroups(groups); err != nil {
+			runtime.UnlockOSThread()
+			return nil, fmt.Errorf("setgroups %v: %w", groups, err)
+		}
+	}
+	undoGroups := func() {
+		if len(groups) > 0 {
+			setgroups(oldGroups)
+		}
+	}
 	// setfsgid first: once fsuid is not 0 we could no longer change it.
 	oldGID := setfsgid(gid)
 	if newGID := setfsgid(gid); newGID != int(gid) {
 		setfsgid(uint32(oldGID))
+		undoGroups()
 		runtime.UnlockOSThread()
 		return nil, fmt.Errorf("setfsgid %d: %w", gid, unix.EPERM)
 	}
@@ -37,14 +63,43 @@ func Switch(uid, gid uint32) (restore func(), err error) {
 	if newUID := setfsuid(uid); newUID != int(uid) {
 		setfsuid(uint32(oldUID))
 		setfsgid(uint32(oldGID))
+		undoGroups()
 		runtime.UnlockOSThread()
 		return nil, fmt.Errorf("setfsuid %d: %w", uid, unix.EPERM)
 	}
 	return func() {
 		setfsuid(uint32(oldUID))
 		setfsgid(uint32(oldGID))
+		undoGroups()
 		runtime.UnlockOSThread()
 	}, nil
+}
+
+// getgroups returns the calling thread's supplementary groups.
+func getgroups() ([]uint32, error) {
+	n, _, errno := unix.RawSyscall(unix.SYS_GETGROUPS, 0, 0, 0)
+	if errno != 0 {
+		return nil, errno
+	}
+	g := make([]uint32, n+1)
+	n, _, errno = unix.RawSyscall(unix.SYS_GETGROUPS, uintptr(len(g)), uintptr(unsafe.Pointer(&g[0])), 0)
+	if errno != 0 {
+		return nil, errno
+	}
+	return g[:n], nil
+}
+
+// setgroups sets the calling thread's supplementary groups (raw: glibc and
+// Go's syscall.Setgroups change every thread).
+func setgroups(g []uint32) error {
+	var p unsafe.Pointer
+	if len(g) > 0 {
+		p = unsafe.Pointer(&g[0])
+	}
+	if _, _, errno := unix.RawSyscall(unix.SYS_SETGROUPS, uintptr(len(g)), uintptr(p), 0); errno != 0 {
+		return errno
+	}
+	return nil
 }
 
 // setfsuid calls the raw syscall; it returns the previous fsuid (setfsuid

@@ -78,7 +78,18 @@ const (
 // HandleRequest serves one request: in holds the request bytes, out the
 // reply buffer; it returns the reply length (0: no reply is due).
 func (e *Engine) HandleRequest(in, out [][]byte) (int, fuse.Status) {
-	isInit := len(in) > 0 && len(in[0]) >= inHeaderSize && binary.LittleEndian.Uint32(in[0][4:]) == opInit
+	var op uint32
+	if len(in) > 0 && len(in[0]) >= inHeaderSize {
+		op = binary.LittleEndian.Uint32(in[0][4:])
+	}
+	if createOp(op) {
+		if r, ok := e.fs.(SuppGroupsReceiver); ok {
+			if g := suppGroups(in); g != nil {
+				defer r.SetSuppGroups(binary.LittleEndian.Uint64(in[0][8:]), g)()
+			}
+		}
+	}
+	isInit := op == opInit
 	n, st := e.ps.HandleRequest(in, out)
 	if isInit && st.Ok() {
 		if req := e.recordInit(in, out, n); req != nil && e.onInit != nil {

@@ -1,13 +1,10 @@
 package passthrough
 
 import (
-	"github.com/govirtiofsd/govirtiofsd/internal/creds"
 	"github.com/govirtiofsd/govirtiofsd/internal/inode"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 )
-
-var switchCreds = creds.Switch
 
 // fillAttr converts a host statx result for node id on mount into the FUSE
 // attributes the guest sees.

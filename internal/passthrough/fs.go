@@ -35,6 +35,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/govirtiofsd/govirtiofsd/internal/creds"
 	"github.com/govirtiofsd/govirtiofsd/internal/inode"
 	"github.com/govirtiofsd/govirtiofsd/internal/openfiles"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -131,6 +132,10 @@ type FS struct {
 	// openFiles numbers file handles and keeps them for a successor.
 	openFiles *openfiles.Table
 
+	// suppGroups holds the supplementary groups of create requests in
+	// flight, by unique (see SetSuppGroups).
+	suppGroups sync.Map
+
 	locks   lockFiles
 	backing backingIDs
 
@@ -180,7 +185,7 @@ func (fs *FS) SetDebug(bool) {}
 // Capabilities returns the INIT capabilities the file system wants on top of
 // go-fuse's defaults (fuse.MountOptions.ExtraCapabilities).
 func (fs *FS) Capabilities() uint64 {
-	c := uint64(fuse.CAP_EXPORT_SUPPORT)
+	c := uint64(fuse.CAP_EXPORT_SUPPORT | fuse.CAP_CREATE_SUPP_GROUP)
 	if fs.opts.AnnounceSubmounts {
 		c |= fuse.CAP_SUBMOUNTS
 	}
@@ -271,17 +276,27 @@ func checkNewName(name string) fuse.Status {
 	return fuse.OK
 }
 
-// asCaller runs f with the caller's filesystem credentials.
+// asCaller runs f with the caller's filesystem credentials (and the
+// supplementary group the kernel sent with a create, if any).
 func (fs *FS) asCaller(h *fuse.InHeader, f func() error) error {
-	if h.Uid == fs.daemonUID && h.Gid == fs.daemonGID {
+	groups, _ := fs.suppGroups.Load(h.Unique)
+	g, _ := groups.([]uint32)
+	if h.Uid == fs.daemonUID && h.Gid == fs.daemonGID && g == nil {
 		return f()
 	}
-	restore, err := switchCreds(h.Uid, h.Gid)
+	restore, err := creds.SwitchGroups(h.Uid, h.Gid, g)
 	if err != nil {
 		return err
 	}
 	defer restore()
 	return f()
+}
+
+// SetSuppGroups is told by the engine which supplementary groups a create
+// request carries (FUSE_CREATE_SUPP_GROUP).
+func (fs *FS) SetSuppGroups(unique uint64, groups []uint32) (done func()) {
+	fs.suppGroups.Store(unique, groups)
+	return func() { fs.suppGroups.Delete(unique) }
 }
 
 func procPath(fd int) string { return fmt.Sprintf("/proc/self/fd/%d", fd) }

@@ -11,8 +11,7 @@ package mount
 const runAll = false
 
 // enabledSuite lists suite cases (suite.Names()) enabled against
-// govirtiofsd. Pending, with what the daemon did:
-//   - nonroot_setgid_dir_member: a caller in the setgid dir's group (supplementary) loses the setgid bit: needs FUSE_CREATE_SUPP_GROUP
+// govirtiofsd: all of them now.
 var enabledSuite = map[string]bool{
 	"access":                     true,
 	"close_flush":                true,
@@ -38,6 +37,7 @@ var enabledSuite = map[string]bool{
 	"nonroot_create_owner":       true,
 	"nonroot_eacces":             true,
 	"nonroot_setgid_dir":         true,
+	"nonroot_setgid_dir_member":  true,
 	"nonroot_write_kills_suid":   true,
 	"open_append":                true,
 	"open_create":                true,
