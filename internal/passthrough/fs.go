@@ -185,7 +185,9 @@ func (fs *FS) SetDebug(bool) {}
 // Capabilities returns the INIT capabilities the file system wants on top of
 // go-fuse's defaults (fuse.MountOptions.ExtraCapabilities).
 func (fs *FS) Capabilities() uint64 {
-	c := uint64(fuse.CAP_EXPORT_SUPPORT | fuse.CAP_CREATE_SUPP_GROUP)
+	// DIRECT_IO_ALLOW_MMAP: MAP_SHARED works under the direct-I/O cache
+	// policies too (kernel 6.6+).
+	c := uint64(fuse.CAP_EXPORT_SUPPORT | fuse.CAP_CREATE_SUPP_GROUP | fuse.CAP_DIRECT_IO_ALLOW_MMAP)
 	if fs.opts.AnnounceSubmounts {
 		c |= fuse.CAP_SUBMOUNTS
 	}

@@ -100,10 +100,9 @@ func TestSuiteNoXattr(t *testing.T) {
 
 // cacheModePending lists mode/case pairs that stay pending against
 // govirtiofsd until -tags pending, with the reason.
-var cacheModePending = map[string]string{
-	"never/mmap_shared":    "with direct I/O the kernel refuses MAP_SHARED (ENODEV) unless the server negotiates FUSE_DIRECT_IO_ALLOW_MMAP (kernel >= 6.6)",
-	"metadata/mmap_shared": "with direct I/O the kernel refuses MAP_SHARED (ENODEV) unless the server negotiates FUSE_DIRECT_IO_ALLOW_MMAP (kernel >= 6.6)",
-}
+// (None now: MAP_SHARED under direct I/O works since the daemon negotiates
+// FUSE_DIRECT_IO_ALLOW_MMAP.)
+var cacheModePending = map[string]string{}
 
 // TestCacheModes runs the data-path cases under each --cache policy.
 func TestCacheModes(t *testing.T) {
