@@ -84,6 +84,19 @@ func TestFailingDaemonIsNA(t *testing.T) {
 	if !strings.Contains(b.String(), "n/a[") {
 		t.Errorf("table has no n/a:\n%s", b.String())
 	}
+	// results.json reads back into the same table.
+	if err := WriteFiles(res, cfg.OutDir); err != nil {
+		t.Fatal(err)
+	}
+	back, err := ReadResult(filepath.Join(cfg.OutDir, "results.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b2 bytes.Buffer
+	WriteTable(&b2, back)
+	if b2.String() != b.String() {
+		t.Errorf("table from results.json differs:\n%s\nwant:\n%s", b2.String(), b.String())
+	}
 }
 
 // The loopback peer mounts, serves every row, and unmounts (root and

@@ -141,13 +141,13 @@ func jobs(cfg *Config) []*job {
 		},
 	}
 	js = append(js, fioJobs(cfg)...)
-	js = append(js, vhostJobs(cfg)...)
 	js = append(js, walkJob("walk", partWalk, cfg.WalkFiles))
 	js = append(js, restartJob("walk", partWalk, cfg.WalkFiles))
 	if cfg.BigWalkFiles > 0 {
 		js = append(js, walkJob("big", partBigWalk, cfg.BigWalkFiles))
 		js = append(js, restartJob("big", partBigWalk, cfg.BigWalkFiles))
 	}
+	js = append(js, vhostJobs(cfg)...)
 	for _, j := range js {
 		if j.transports == nil {
 			j.transports = []Transport{DevFuse}

@@ -6,8 +6,38 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 )
+
+// ReadResult loads a results.json written by WriteFiles, so that its
+// table and charts can be drawn again.
+func ReadResult(path string) (*Result, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var res Result
+	if err := json.Unmarshal(data, &res); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	sortRows(&res)
+	return &res, nil
+}
+
+// sortRows keeps the rows of one transport together (devfuse first), in
+// their order otherwise, so each table's row numbers are contiguous.
+func sortRows(res *Result) {
+	rank := func(t Transport) int {
+		if t == DevFuse {
+			return 0
+		}
+		return 1
+	}
+	sort.SliceStable(res.Rows, func(i, j int) bool {
+		return rank(res.Rows[i].Transport) < rank(res.Rows[j].Transport)
+	})
+}
 
 // WriteFiles writes results.json, table.md and a chart per transport
 // (chart.png for /dev/fuse, chart-vhost.png) into dir.

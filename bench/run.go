@@ -184,6 +184,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		}
 	}
 	res.Meta.End = time.Now().UTC()
+	sortRows(res)
 	return res, ctx.Err()
 }
 

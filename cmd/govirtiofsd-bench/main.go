@@ -54,6 +54,7 @@ func run(args []string) int {
 	govArgs := fl.String("govirtiofsd-args", "", "extra space-separated flags for both govirtiofsd peers")
 	drop := fl.Bool("drop", true, "drop the host's caches (echo 3 > /proc/sys/vm/drop_caches) before cold rows")
 	verbose := fl.Bool("v", false, "log every sample")
+	render := fl.String("render", "", "do not measure: print the table of this results.json and redraw its files into -out")
 	if err := fl.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -63,6 +64,19 @@ func run(args []string) int {
 	if fl.NArg() != 0 {
 		fmt.Fprintf(os.Stderr, "unexpected arguments: %q\n", fl.Args())
 		return 2
+	}
+	if *render != "" {
+		res, err := bench.ReadResult(*render)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "govirtiofsd-bench: %v\n", err)
+			return 1
+		}
+		bench.WriteTable(os.Stdout, res)
+		if err := bench.WriteFiles(res, cfg.OutDir); err != nil {
+			fmt.Fprintf(os.Stderr, "govirtiofsd-bench: %v\n", err)
+			return 1
+		}
+		return 0
 	}
 	level := slog.LevelWarn
 	if *verbose {
