@@ -220,7 +220,7 @@ func (m *Memory) findGPA(gpa uint64) *Region {
 }
 
 // ErrBadAddress is wrapped by every translation failure.
-var ErrBadAddress = errors.New("address not in guest memory")
+var ErrBadAddress = errors.New("virtqueue: address not in guest memory")
 
 // Translate appends to iov the host slices covering [gpa, gpa+length) of
 // guest physical memory, one element per region crossed.
