@@ -168,7 +168,7 @@ func (in *instance) connect(ctx context.Context, sock string) error {
 	if err != nil {
 		return fmt.Errorf("vhost-user setup: %w", err)
 	}
-	out, st, err := f.Init(0)
+	out, st, err := f.Init(vhostInitFlags)
 	if err == nil && !st.Ok() {
 		err = fmt.Errorf("FUSE_INIT: %v", st)
 	}
@@ -410,6 +410,13 @@ func vhostJobs(cfg *Config) []*job {
 	var js []*job
 	for _, d := range vhostDepths {
 		js = append(js, vhostMetaJob(cfg, d))
+	}
+	for _, d := range vhostDepths {
+		js = append(js, vhostCreateJob(cfg, d))
+	}
+	js = append(js, vhostReaddirJob(cfg))
+	for _, d := range vhostDepths {
+		js = append(js, vhostIOJob(cfg, d))
 	}
 	js = append(js, vhostWalkJob("walk", partWalk, cfg.WalkFiles))
 	if cfg.BigWalkFiles > 0 {

@@ -1,0 +1,374 @@
+package bench
+
+import (
+	"context"
+	le "encoding/binary"
+	"fmt"
+	"math/rand/v2"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"github.com/govirtiofsd/govirtiofsd/internal/vhostfront"
+	"github.com/hanwen/go-fuse/v2/fuse"
+)
+
+// More vhost-user rows: CREATE+RELEASE+UNLINK, MKDIR+RMDIR, READDIRPLUS,
+// READ and WRITE. Requests are built from go-fuse's wire structs and sent
+// with Frontend.FUSE on the first request queue.
+
+// FUSE opcodes vhostfront does not name.
+const (
+	opUnlink     = 10
+	opMkdir      = 9
+	opRmdir      = 11
+	opWrite      = 16
+	opCreate     = 35
+	opReleasedir = vhostfront.OpReleasedir
+)
+
+// vhostInitFlags are sent in FUSE_INIT: what a Linux guest asks for that
+// matters to these rows (large requests, READDIRPLUS, parallel dirops).
+const vhostInitFlags = fuse.CAP_ASYNC_READ | fuse.CAP_BIG_WRITES | fuse.CAP_READDIRPLUS |
+	fuse.CAP_PARALLEL_DIROPS | fuse.CAP_MAX_PAGES | fuse.CAP_AUTO_INVAL_DATA
+
+// argOf views the part of a go-fuse "…In" struct after its InHeader.
+func argOf[T any](p *T) []byte {
+	b := unsafe.Slice((*byte)(unsafe.Pointer(p)), unsafe.Sizeof(*p))
+	return b[unsafe.Sizeof(fuse.InHeader{}):]
+}
+
+// decodeInto copies a reply body into a wire struct.
+func decodeInto[T any](body []byte, v *T) error {
+	b := unsafe.Slice((*byte)(unsafe.Pointer(v)), unsafe.Sizeof(*v))
+	if len(body) < len(b) {
+		return fmt.Errorf("reply body of %d bytes, want %d", len(body), len(b))
+	}
+	copy(b, body)
+	return nil
+}
+
+// call sends one request on the first request queue and turns a FUSE error
+// status into an error.
+func call(f *vhostfront.Frontend, what string, op uint32, node uint64, arg, payload []byte, outLen int) ([]byte, error) {
+	r, err := f.FUSE(vhostfront.RequestQueue, op, node, arg, payload, outLen)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	if st := r.Status(); !st.Ok() {
+		return nil, fmt.Errorf("%s: %v", what, st)
+	}
+	return r.Body, nil
+}
+
+func cstr(s string) []byte { return append([]byte(s), 0) }
+
+func lookupPath(f *vhostfront.Frontend, names ...string) (uint64, error) {
+	node := uint64(fuse.FUSE_ROOT_ID)
+	for _, n := range names {
+		ent, st, err := f.Lookup(node, n)
+		if err != nil {
+			return 0, err
+		}
+		if !st.Ok() {
+			return 0, fmt.Errorf("LOOKUP %s: %v", n, st)
+		}
+		node = ent.NodeId
+	}
+	return node, nil
+}
+
+func openFile(f *vhostfront.Frontend, node uint64, flags uint32) (uint64, error) {
+	in := fuse.OpenIn{Flags: flags}
+	body, err := call(f, "OPEN", vhostfront.OpOpen, node, argOf(&in), nil, int(unsafe.Sizeof(fuse.OpenOut{})))
+	if err != nil {
+		return 0, err
+	}
+	var out fuse.OpenOut
+	return out.Fh, decodeInto(body, &out)
+}
+
+func release(f *vhostfront.Frontend, op uint32, node, fh uint64) error {
+	in := fuse.ReleaseIn{Fh: fh}
+	_, err := call(f, "RELEASE", op, node, argOf(&in), nil, 0)
+	return err
+}
+
+// vhostCreateJob: per op CREATE, RELEASE and UNLINK of a new file (and a
+// FORGET of its nodeid), then per op MKDIR and RMDIR (and FORGET).
+func vhostCreateJob(cfg *Config, depth int) *job {
+	n := count(cfg.Files)
+	s := fmt.Sprintf("-d%d", depth)
+	return &job{
+		name: "vhost-create" + s, parts: partCreate, transports: []Transport{Vhost},
+		cleanup: func(shared string) error { return emptyDir(shared + "/create") },
+		rows: []Row{
+			{Name: "vhost-create-unlink" + s, Unit: "files/s", HigherBetter: true,
+				Desc: fmt.Sprintf("CREATE+RELEASE+UNLINK (+FORGET) of %s files, %d in flight", n, depth)},
+			{Name: "vhost-mkdir-rmdir" + s, Unit: "dirs/s", HigherBetter: true,
+				Desc: fmt.Sprintf("MKDIR+RMDIR (+FORGET) of %s directories, %d in flight", n, depth)},
+		},
+		run: func(ctx context.Context, e *Env) (map[string]float64, error) {
+			f := e.front
+			dir, err := lookupPath(f, "create")
+			if err != nil {
+				return nil, err
+			}
+			cnt := e.Cfg.Files
+			_, el, err := drive(ctx, depth, cnt, func(i int) error {
+				name := cstr(statName(i))
+				in := fuse.CreateIn{Flags: syscall.O_CREAT | syscall.O_EXCL | syscall.O_WRONLY, Mode: syscall.S_IFREG | 0o644}
+				body, err := call(f, "CREATE", opCreate, dir, argOf(&in), name, int(unsafe.Sizeof(fuse.CreateOut{})))
+				if err != nil {
+					return err
+				}
+				var out fuse.CreateOut
+				if err := decodeInto(body, &out); err != nil {
+					return err
+				}
+				if err := release(f, vhostfront.OpRelease, out.NodeId, out.Fh); err != nil {
+					return err
+				}
+				if _, err := call(f, "UNLINK", opUnlink, dir, nil, name, 0); err != nil {
+					return err
+				}
+				return f.Forget(out.NodeId, 1)
+			})
+			if err != nil {
+				return nil, err
+			}
+			res := map[string]float64{"vhost-create-unlink" + s: float64(cnt) / el.Seconds()}
+			_, el, err = drive(ctx, depth, cnt, func(i int) error {
+				name := cstr(statName(i))
+				in := fuse.MkdirIn{Mode: 0o755}
+				body, err := call(f, "MKDIR", opMkdir, dir, argOf(&in), name, int(unsafe.Sizeof(fuse.EntryOut{})))
+				if err != nil {
+					return err
+				}
+				var out fuse.EntryOut
+				if err := decodeInto(body, &out); err != nil {
+					return err
+				}
+				if out.Attr.Mode&syscall.S_IFMT != syscall.S_IFDIR {
+					return fmt.Errorf("MKDIR: mode %o", out.Attr.Mode)
+				}
+				if _, err := call(f, "RMDIR", opRmdir, dir, nil, name, 0); err != nil {
+					return err
+				}
+				return f.Forget(out.NodeId, 1)
+			})
+			if err != nil {
+				return nil, err
+			}
+			res["vhost-mkdir-rmdir"+s] = float64(cnt) / el.Seconds()
+			return res, nil
+		},
+	}
+}
+
+// vhostReaddirJob: OPENDIR, READDIRPLUS with 128 KiB buffers to the end,
+// RELEASEDIR of the -files directory, on a fresh daemon after drop_caches.
+func vhostReaddirJob(cfg *Config) *job {
+	n := count(cfg.Files)
+	return &job{
+		name: "vhost-readdirplus", parts: partStat, cold: true, transports: []Transport{Vhost},
+		rows: []Row{{Name: "vhost-readdirplus-cold", Unit: "ms/pass",
+			Desc: "OPENDIR, READDIRPLUS (128 KiB replies) to the end, RELEASEDIR of the " + n + "-entry directory, fresh daemon after drop_caches"}},
+		run: func(ctx context.Context, e *Env) (map[string]float64, error) {
+			f := e.front
+			dir, err := lookupPath(f, "stat")
+			if err != nil {
+				return nil, err
+			}
+			t0 := time.Now()
+			oin := fuse.OpenIn{Flags: syscall.O_RDONLY | syscall.O_DIRECTORY}
+			body, err := call(f, "OPENDIR", vhostfront.OpOpendir, dir, argOf(&oin), nil, int(unsafe.Sizeof(fuse.OpenOut{})))
+			if err != nil {
+				return nil, err
+			}
+			var oo fuse.OpenOut
+			if err := decodeInto(body, &oo); err != nil {
+				return nil, err
+			}
+			entries, off := 0, uint64(0)
+			for {
+				rin := fuse.ReadIn{Fh: oo.Fh, Offset: off, Size: 128 << 10}
+				body, err := call(f, "READDIRPLUS", vhostfront.OpReaddirplus, dir, argOf(&rin), nil, 128<<10)
+				if err != nil {
+					return nil, err
+				}
+				if len(body) == 0 {
+					break
+				}
+				k, last, err := parseDirentPlus(body)
+				if err != nil {
+					return nil, err
+				}
+				entries += k
+				off = last
+			}
+			if err := release(f, opReleasedir, dir, oo.Fh); err != nil {
+				return nil, err
+			}
+			el := time.Since(t0)
+			if entries != e.Cfg.Files {
+				return nil, fmt.Errorf("READDIRPLUS gave %d entries, want %d", entries, e.Cfg.Files)
+			}
+			return map[string]float64{"vhost-readdirplus-cold": float64(el.Microseconds()) / 1000}, nil
+		},
+	}
+}
+
+// parseDirentPlus counts the entries of a READDIRPLUS reply other than .
+// and .., and returns the offset of the last one.
+func parseDirentPlus(b []byte) (n int, lastOff uint64, err error) {
+	entSize := int(unsafe.Sizeof(fuse.EntryOut{}))
+	for len(b) > 0 {
+		if len(b) < entSize+24 {
+			return n, lastOff, fmt.Errorf("short direntplus (%d bytes)", len(b))
+		}
+		d := b[entSize:]
+		off := le.LittleEndian.Uint64(d[8:])
+		nl := int(le.LittleEndian.Uint32(d[16:]))
+		if 24+nl > len(d) {
+			return n, lastOff, fmt.Errorf("direntplus name of %d bytes overruns", nl)
+		}
+		name := string(d[24 : 24+nl])
+		if name != "." && name != ".." {
+			n++
+		}
+		lastOff = off
+		rec := entSize + (24+nl+7)&^7
+		if rec > len(b) {
+			rec = len(b)
+		}
+		b = b[rec:]
+	}
+	return n, lastOff, nil
+}
+
+// vhostIOJob: READ and WRITE through a file handle at depth requests in
+// flight: 4 KiB at distinct random offsets of the -size file (read on a
+// fresh daemon after drop_caches; written into a new file of that size),
+// then 1 MiB sequential reads of the whole file.
+func vhostIOJob(cfg *Config, depth int) *job {
+	s := fmt.Sprintf("-d%d", depth)
+	sz := bytesStr(cfg.Size)
+	return &job{
+		name: "vhost-io" + s, parts: partData | partCreate, cold: true, transports: []Transport{Vhost},
+		cleanup: func(shared string) error { return emptyDir(shared + "/create") },
+		rows: []Row{
+			{Name: "vhost-read-4k" + s, Unit: "ops/s", HigherBetter: true,
+				Desc: fmt.Sprintf("READ of 4 KiB at %d distinct random offsets of the %s file, %d in flight, fresh daemon after drop_caches", cfg.RandReads, sz, depth)},
+			{Name: "vhost-read-4k" + s + "-p99", Unit: "µs", Desc: "p99 latency of those READs"},
+			{Name: "vhost-write-4k" + s, Unit: "ops/s", HigherBetter: true,
+				Desc: fmt.Sprintf("WRITE of 4 KiB at %d distinct random offsets of a new %s file, %d in flight", cfg.RandReads, sz, depth)},
+			{Name: "vhost-read-seq" + s, Unit: "MiB/s", HigherBetter: true,
+				Desc: fmt.Sprintf("READ of the whole %s file in 1 MiB requests, %d in flight", sz, depth)},
+		},
+		run: func(ctx context.Context, e *Env) (map[string]float64, error) {
+			f := e.front
+			node, err := lookupPath(f, "data", "seq.dat")
+			if err != nil {
+				return nil, err
+			}
+			fh, err := openFile(f, node, syscall.O_RDONLY)
+			if err != nil {
+				return nil, err
+			}
+			const page = 4096
+			size := e.Cfg.Size
+			pages := size / page
+			k := int(min(int64(e.Cfg.RandReads), pages))
+			r := rand.New(rand.NewPCG(3, 4))
+			perm := make([]int64, 0, k)
+			seen := make(map[int64]bool, k)
+			for len(perm) < k {
+				if p := r.Int64N(pages); !seen[p] {
+					seen[p] = true
+					perm = append(perm, p*page)
+				}
+			}
+			out := map[string]float64{}
+			lat, el, err := drive(ctx, depth, k, func(i int) error {
+				in := fuse.ReadIn{Fh: fh, Offset: uint64(perm[i]), Size: page}
+				body, err := call(f, "READ", vhostfront.OpRead, node, argOf(&in), nil, page)
+				if err != nil {
+					return err
+				}
+				if len(body) != page {
+					return fmt.Errorf("READ at %d: %d bytes", perm[i], len(body))
+				}
+				want := make([]byte, 16)
+				fill(want, perm[i])
+				if string(body[:16]) != string(want) {
+					return fmt.Errorf("READ at %d: wrong data", perm[i])
+				}
+				return nil
+			})
+			if err != nil {
+				return nil, err
+			}
+			out["vhost-read-4k"+s] = float64(k) / el.Seconds()
+			out["vhost-read-4k"+s+"-p99"] = percentileUS(lat, 0.99)
+
+			const chunk = 1 << 20
+			nchunks := int((size + chunk - 1) / chunk)
+			_, el, err = drive(ctx, depth, nchunks, func(i int) error {
+				off := int64(i) * chunk
+				want := min(chunk, size-off)
+				in := fuse.ReadIn{Fh: fh, Offset: uint64(off), Size: uint32(want)}
+				body, err := call(f, "READ", vhostfront.OpRead, node, argOf(&in), nil, int(want))
+				if err != nil {
+					return err
+				}
+				if int64(len(body)) != want {
+					return fmt.Errorf("READ at %d: %d bytes, want %d", off, len(body), want)
+				}
+				return nil
+			})
+			if err != nil {
+				return nil, err
+			}
+			out["vhost-read-seq"+s] = float64(size) / (1 << 20) / el.Seconds()
+			if err := release(f, vhostfront.OpRelease, node, fh); err != nil {
+				return nil, err
+			}
+
+			dir, err := lookupPath(f, "create")
+			if err != nil {
+				return nil, err
+			}
+			cin := fuse.CreateIn{Flags: syscall.O_CREAT | syscall.O_RDWR, Mode: syscall.S_IFREG | 0o644}
+			body, err := call(f, "CREATE", opCreate, dir, argOf(&cin), cstr("w.dat"), int(unsafe.Sizeof(fuse.CreateOut{})))
+			if err != nil {
+				return nil, err
+			}
+			var co fuse.CreateOut
+			if err := decodeInto(body, &co); err != nil {
+				return nil, err
+			}
+			buf := make([]byte, page)
+			_, el, err = drive(ctx, depth, k, func(i int) error {
+				in := fuse.WriteIn{Fh: co.Fh, Offset: uint64(perm[i]), Size: page}
+				body, err := call(f, "WRITE", opWrite, co.NodeId, argOf(&in), buf, int(unsafe.Sizeof(fuse.WriteOut{})))
+				if err != nil {
+					return err
+				}
+				var wo fuse.WriteOut
+				if err := decodeInto(body, &wo); err != nil {
+					return err
+				}
+				if wo.Size != page {
+					return fmt.Errorf("WRITE at %d: %d bytes written", perm[i], wo.Size)
+				}
+				return nil
+			})
+			if err != nil {
+				return nil, err
+			}
+			out["vhost-write-4k"+s] = float64(k) / el.Seconds()
+			return out, release(f, vhostfront.OpRelease, co.NodeId, co.Fh)
+		},
+	}
+}
