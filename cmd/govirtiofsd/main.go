@@ -203,7 +203,7 @@ func run(c *config, log *slog.Logger) error {
 	if c.mount != "" {
 		return serveDevFuse(ctx, c, fsys, table, log)
 	}
-	return serveVhostUser(ctx, c, fsys, &migration{c: c, table: table, files: files, log: log}, log)
+	return serveVhostUser(ctx, c, fsys, table, &migration{c: c, table: table, files: files, log: log}, log)
 }
 
 func newFileSystem(c *config, log *slog.Logger) (*passthrough.FS, *inode.Table, *openfiles.Table, error) {
@@ -226,7 +226,7 @@ func newFileSystem(c *config, log *slog.Logger) (*passthrough.FS, *inode.Table, 
 		return nil, nil, nil, err
 	}
 	_, resume, _ := inheritedFuseFD()
-	files, err := openFileTable(c, resume, log)
+	files, err := openFileTable(c, resume || vhostResume(), log)
 	if err != nil {
 		table.Close()
 		return nil, nil, nil, err

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"io"
@@ -31,6 +32,12 @@ func buildDaemon(t *testing.T) string {
 // startVhost starts a daemon serving shared over vhost-user and returns a
 // connected front-end (no INIT sent).
 func startVhost(t *testing.T, bin, shared, key string) *vhostfront.Frontend {
+	f, _, _ := startVhostProc(t, bin, shared, key)
+	return f
+}
+
+// startVhostProc is startVhost that also returns the daemon and its log.
+func startVhostProc(t *testing.T, bin, shared, key string) (*vhostfront.Frontend, *exec.Cmd, string) {
 	t.Helper()
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "vfs.sock")
@@ -65,7 +72,7 @@ func startVhost(t *testing.T, bin, shared, key string) *vhostfront.Frontend {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { f.Close() })
-	return f
+	return f, cmd, filepath.Join(dir, "log")
 }
 
 // transferState runs SET_DEVICE_STATE_FD and CHECK_DEVICE_STATE; for a
@@ -168,5 +175,58 @@ func TestMigrationKeepsNodeidsAndOpenFiles(t *testing.T) {
 	}
 	if _, st, _ := foreign.GetAttr(f.NodeId); st.Ok() {
 		t.Fatalf("the refused state was applied anyway")
+	}
+}
+
+// An upgrade of a vhost-user daemon (SIGUSR2: exec of the binary) while a
+// front-end is connected: the same connection goes on, the new process
+// answers GETATTR and READ on the nodeid and file handle the old one gave
+// out, and the pid stays.
+func TestVhostUpgradeKeepsConnection(t *testing.T) {
+	bin := buildDaemon(t)
+	shared := t.TempDir()
+	os.WriteFile(filepath.Join(shared, "f"), []byte("across exec"), 0o644)
+	key := filepath.Join(t.TempDir(), "key")
+	os.WriteFile(key, []byte("0123456789abcdef0123456789abcdef"), 0o600)
+	fe, cmd, logPath := startVhostProc(t, bin, shared, key)
+	if _, st, err := fe.Init(fuse.CAP_EXPORT_SUPPORT); err != nil || !st.Ok() {
+		t.Fatalf("INIT: %v %v", st, err)
+	}
+	f, st, err := fe.Lookup(1, "f")
+	if err != nil || !st.Ok() {
+		t.Fatalf("LOOKUP: %v %v", st, err)
+	}
+	oin := fuse.OpenIn{Flags: syscall.O_RDONLY}
+	r, err := fe.FUSE(vhostfront.RequestQueue, vhostfront.OpOpen, f.NodeId, argBytes(&oin), nil, int(unsafe.Sizeof(fuse.OpenOut{})))
+	if err != nil || !r.Status().Ok() {
+		t.Fatalf("OPEN: %v %v", r, err)
+	}
+	fh := (*fuse.OpenOut)(unsafe.Pointer(&r.Body[0])).Fh
+
+	if err := cmd.Process.Signal(syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		b, _ := os.ReadFile(logPath)
+		if bytes.Contains(b, []byte("resumed=true")) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the new process did not resume the connection:\n%s", b)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	a, st, err := fe.GetAttr(f.NodeId)
+	if err != nil || !st.Ok() || a.Size != uint64(len("across exec")) {
+		t.Fatalf("GETATTR after the upgrade: %+v %v %v", a, st, err)
+	}
+	rin := fuse.ReadIn{Fh: fh, Size: 64}
+	r, err = fe.FUSE(vhostfront.RequestQueue, vhostfront.OpRead, f.NodeId, argBytes(&rin), nil, 64)
+	if err != nil || !r.Status().Ok() || string(r.Body) != "across exec" {
+		t.Fatalf("READ on the old fh after the upgrade: %q %v %v", r.Body, r.Status(), err)
+	}
+	if err := syscall.Kill(cmd.Process.Pid, 0); err != nil {
+		t.Fatalf("the daemon's pid is gone after the upgrade: %v", err)
 	}
 }

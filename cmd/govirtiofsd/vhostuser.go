@@ -2,14 +2,18 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
+	"os/signal"
 	"os/user"
 	"strconv"
+	"syscall"
 
 	"github.com/govirtiofsd/govirtiofsd/internal/engine"
+	"github.com/govirtiofsd/govirtiofsd/internal/inode"
 	"github.com/govirtiofsd/govirtiofsd/internal/passthrough"
 	"github.com/govirtiofsd/govirtiofsd/internal/vhostuser"
 )
@@ -19,26 +23,73 @@ import (
 // connection gets its own FUSE engine (INIT is per connection); the file
 // system and its node table are shared, so a rebooted guest sees the same
 // nodeids.
-func serveVhostUser(ctx context.Context, c *config, fsys *passthrough.FS, mig *migration, log *slog.Logger) error {
-	ln, err := listen(c)
+func serveVhostUser(ctx context.Context, c *config, fsys *passthrough.FS, table *inode.Table, mig *migration, log *slog.Logger) error {
+	var (
+		ln     *net.UnixListener
+		st     *vhostuser.ConnectionState
+		files  []*os.File
+		err    error
+		resume = vhostResume()
+	)
+	if resume {
+		ln, st, files, err = inheritedVhost()
+	} else {
+		ln, err = listen(c)
+	}
 	if err != nil {
 		return err
 	}
 	defer ln.Close()
-	log.Info("serving over vhost-user", "shared-dir", c.sharedDir, "socket", ln.Addr().String(), "pid", os.Getpid())
-	return vhostuser.Serve(ctx, ln, vhostuser.Config{
+	tracker := &connTracker{}
+	cfg := vhostuser.Config{
 		NewHandler: func() vhostuser.Handler {
 			eng := engine.New(fsys, engine.Options{Logger: log})
 			mig.setEngine(eng)
 			return eng
 		},
-		DeviceState:      mig,
 		NumRequestQueues: c.numQueues,
 		ThreadPoolSize:   c.threadPoolSize,
 		ExitOnDisconnect: c.exitOnDisconnect,
 		Tag:              c.tag,
+		DeviceState:      mig,
+		OnConnect:        tracker.set,
+		OnDisconnect:     func() { tracker.set(nil) },
 		Logger:           log,
-	})
+	}
+	log.Info("serving over vhost-user", "shared-dir", c.sharedDir, "socket", ln.Addr().String(), "resumed", resume, "pid", os.Getpid())
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		if st != nil {
+			err := vhostuser.ResumeConn(ctx, st, files, cfg)
+			tracker.set(nil)
+			if errors.Is(err, vhostuser.ErrHandedOver) || (err == nil && ctx.Err() != nil) || (err == nil && c.exitOnDisconnect) {
+				done <- err
+				return
+			}
+			if err != nil {
+				log.Warn("resumed connection ended", "err", err)
+			}
+		}
+		done <- vhostuser.Serve(ctx, ln, cfg)
+	}()
+	usr2 := make(chan os.Signal, 1)
+	signal.Notify(usr2, syscall.SIGUSR2)
+	defer signal.Stop(usr2)
+	for {
+		select {
+		case err := <-done:
+			return err
+		case <-usr2:
+			err := upgradeVhost(ln, tracker, table, log)
+			log.Error("upgrade failed; still serving", "err", err)
+			if table.Closed() {
+				return err // the node table is gone; a supervisor restarts us
+			}
+		}
+	}
 }
 
 // listen opens the vhost-user listening socket: --fd as libvirt passes it,

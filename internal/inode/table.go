@@ -57,6 +57,7 @@ type Table struct {
 
 	closeOnce sync.Once
 	closeErr  error
+	closed    atomic.Bool
 
 	keyLocks [64]sync.Mutex
 	seed     maphash.Seed
@@ -202,9 +203,12 @@ func (t *Table) Root() *Node {
 
 // Close releases the cached fds and the store. Later calls do nothing.
 func (t *Table) Close() error {
-	t.closeOnce.Do(func() { t.closeErr = t.close() })
+	t.closeOnce.Do(func() { t.closeErr = t.close(); t.closed.Store(true) })
 	return t.closeErr
 }
+
+// Closed reports whether Close was called.
+func (t *Table) Closed() bool { return t.closed.Load() }
 
 func (t *Table) close() error {
 	t.mu.Lock()

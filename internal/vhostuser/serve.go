@@ -124,7 +124,10 @@ type Config struct {
 	// OnConnect, if set, is called with each new connection before its
 	// first message is read (the restart seam: Connection.Snapshot).
 	OnConnect func(*Connection)
-	Logger    *slog.Logger
+	// OnDisconnect, if set, is called by Serve after each connection
+	// ended (before the next is accepted).
+	OnDisconnect func()
+	Logger       *slog.Logger
 }
 
 // DeviceStateHandler supplies and consumes the opaque device state that
@@ -211,6 +214,9 @@ func Serve(ctx context.Context, ln *net.UnixListener, cfg Config) error {
 		backoff = 0
 		c.Logger.Info("vhost-user front-end connected")
 		err = ServeConn(ctx, conn, c)
+		if c.OnDisconnect != nil {
+			c.OnDisconnect()
+		}
 		switch {
 		case ctx.Err() != nil:
 			_ = ln.SetDeadline(time.Time{})
