@@ -19,29 +19,34 @@ import (
 
 const handoverChildEnv = "VHOSTFRONT_HANDOVER_CHILD_STATE"
 
-// TestHandoverChild is the successor process of TestHandoverToProcess; it
-// does nothing when run directly.
-func TestHandoverChild(t *testing.T) {
-	state := os.Getenv(handoverChildEnv)
-	if state == "" {
-		t.Skip("helper process for TestHandoverToProcess")
+// TestMain runs the successor process of TestHandoverToProcess when this
+// binary is started as one, and the tests otherwise.
+func TestMain(m *testing.M) {
+	if state := os.Getenv(handoverChildEnv); state != "" {
+		if err := handoverChild(state); err != nil {
+			fmt.Fprintln(os.Stderr, "handover child:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
 	}
+	os.Exit(m.Run())
+}
+
+// handoverChild resumes the connection a parent test handed over.
+func handoverChild(state string) error {
 	n, _ := strconv.Atoi(os.Getenv(handoverChildEnv + "_FDS"))
 	st, err := vhostuser.UnmarshalConnectionState([]byte(state), n)
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	var files []*os.File
 	for i := range n {
 		files = append(files, os.NewFile(uintptr(3+i), fmt.Sprintf("inherited-%d", i)))
 	}
-	err = vhostuser.ResumeConn(context.Background(), st, files, vhostuser.Config{
+	return vhostuser.ResumeConn(context.Background(), st, files, vhostuser.Config{
 		NewHandler: func() vhostuser.Handler { return &echo{} }, NumRequestQueues: 1, ThreadPoolSize: 2,
 		Logger: slog.New(slog.NewTextHandler(os.Stderr, nil)).With("pid", os.Getpid()),
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
 }
 
 // TestHandoverToProcess hands a live connection to another process (the
@@ -49,9 +54,6 @@ func TestHandoverChild(t *testing.T) {
 // memory and eventfds as inherited fds. The front-end keeps working and
 // the requests are now served by the child.
 func TestHandoverToProcess(t *testing.T) {
-	if os.Getenv(handoverChildEnv) != "" {
-		t.Skip("in the child")
-	}
 	path := filepath.Join(t.TempDir(), "s")
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
 	if err != nil {
@@ -84,7 +86,7 @@ func TestHandoverToProcess(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(os.Args[0], "-test.run=^TestHandoverChild$", "-test.v")
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), handoverChildEnv+"="+string(b), fmt.Sprintf("%s_FDS=%d", handoverChildEnv, len(files)))
 	cmd.ExtraFiles = files
 	out := &lockedBuffer{}

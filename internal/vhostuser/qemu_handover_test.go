@@ -52,9 +52,6 @@ poweroff -nf
 // filesystem's state; each has its own ProtocolServer, the successor's
 // initialised by the replayed FUSE_INIT. Opt-in like TestQEMUGuest.
 func TestQEMUHandover(t *testing.T) {
-	if os.Getenv("VHOSTUSER_QEMU_TEST") == "" {
-		t.Skip("set VHOSTUSER_QEMU_TEST=1 to boot a guest")
-	}
 	dir, qemu := guestEnv(t)
 	work := t.TempDir()
 	shared := filepath.Join(work, "shared")

@@ -61,13 +61,10 @@ func (r *recordingState) LoadState(b []byte) error {
 // file: the source's device state goes out through SET_DEVICE_STATE_FD
 // (save), the destination's comes in the same way (load), and the guest,
 // which keeps creating files, carries on against the destination back-end.
-// QEMU 7.2 marks vhost-user-fs unmigratable; the test then only reports.
-// Opt-in like TestQEMUGuest.
+// It runs on QEMU 10 (QEMU 7.2 marks vhost-user-fs unmigratable).
 func TestQEMUMigration(t *testing.T) {
-	if os.Getenv("VHOSTUSER_QEMU_TEST") == "" {
-		t.Skip("set VHOSTUSER_QEMU_TEST=1 to boot a guest")
-	}
-	dir, qemu := guestEnv(t)
+	dir, _ := guestEnv(t)
+	qemu := qemu10(t, dir)
 	work := t.TempDir()
 	shared := filepath.Join(work, "shared")
 	os.MkdirAll(shared, 0o755)
@@ -154,7 +151,7 @@ func TestQEMUMigration(t *testing.T) {
 	state := filepath.Join(work, "vm.state")
 	if out := hmp(srcMon, "migrate file:"+state); strings.Contains(out, "rror") {
 		i := strings.Index(out, "rror")
-		t.Skipf("QEMU refuses to migrate the guest: E%.120s", out[i:])
+		t.Fatalf("QEMU refuses to migrate the guest: E%.120s", out[i:])
 	}
 	status := ""
 	for i := 0; i < 60 && !strings.Contains(status, "completed") && !strings.Contains(status, "failed"); i++ {
@@ -163,7 +160,7 @@ func TestQEMUMigration(t *testing.T) {
 	}
 	if !strings.Contains(status, "Migration status: completed") {
 		i := strings.Index(status, "Migration status")
-		t.Skipf("QEMU did not migrate the guest: %.80s", status[max(i, 0):])
+		t.Fatalf("QEMU did not migrate the guest: %.80s", status[max(i, 0):])
 	}
 	srcRec.mu.Lock()
 	saves := srcRec.saves

@@ -56,9 +56,6 @@ poweroff -nf
 // parallelism) against two request queues and a worker pool, and checks
 // every file's checksum. Opt-in like TestQEMUGuest.
 func TestQEMUStress(t *testing.T) {
-	if os.Getenv("VHOSTUSER_QEMU_TEST") == "" {
-		t.Skip("set VHOSTUSER_QEMU_TEST=1 to boot a guest")
-	}
 	dir, qemu := guestEnv(t)
 	work := t.TempDir()
 	shared := filepath.Join(work, "shared")

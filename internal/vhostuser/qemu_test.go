@@ -25,18 +25,15 @@ import (
 // filesystem, mounts it and checks reads, writes and a directory listing,
 // then reboots the guest (QEMU stops and resets the device, then sets it
 // up again on the same connection) and mounts once more.
-// It is a transport smoke test, opt-in because it takes tens of seconds:
+// It is a transport smoke test (tens of seconds under TCG):
 //
-//	VHOSTUSER_QEMU_TEST=1 go test -run TestQEMUGuest -v ./internal/vhostuser
+//	go test -run TestQEMUGuest -v ./internal/vhostuser
 //
 // It needs what scripts/guest/install.sh puts in /var/cache/govirtiofsd-test
 // (override with GOVIRTIOFSD_GUEST_DIR) and QEMU (override with QEMU).
 // VHOSTUSER_QEMU_DEVICE_OPTS is appended to the -device option, e.g.
 // ",event_idx=off,indirect_desc=off".
 func TestQEMUGuest(t *testing.T) {
-	if os.Getenv("VHOSTUSER_QEMU_TEST") == "" {
-		t.Skip("set VHOSTUSER_QEMU_TEST=1 to boot a guest")
-	}
 	dir, qemu := guestEnv(t)
 	work := t.TempDir()
 	shared := filepath.Join(work, "shared")
@@ -161,10 +158,30 @@ func guestEnv(t *testing.T) (dir, qemu string) {
 	}
 	for _, p := range []string{"vmlinux", "busybox", "modules/virtiofs.ko"} {
 		if _, err := os.Stat(filepath.Join(dir, p)); err != nil {
-			t.Skipf("guest files missing: %v", err)
+			t.Fatalf("guest files missing (run scripts/guest/install.sh): %v", err)
 		}
 	}
 	return dir, qemu
+}
+
+// qemu10 returns a QEMU that can migrate vhost-user-fs (>= 8.2): $QEMU if
+// set, else the one scripts/guest/install.sh extracted from
+// bookworm-backports.
+func qemu10(t *testing.T, dir string) string {
+	if q := os.Getenv("QEMU"); q != "" {
+		return q
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "env"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if q, ok := strings.CutPrefix(l, "QEMU10="); ok {
+			return q
+		}
+	}
+	t.Fatalf("no QEMU10 in %s/env: run scripts/guest/install.sh", dir)
+	return ""
 }
 
 func buildInitrd(t *testing.T, dir, work, init string) string {

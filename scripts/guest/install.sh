@@ -8,6 +8,8 @@
 #   modules/*.ko            virtio / fuse / virtiofs modules, in load order
 #   busybox                 busybox-static
 #   c-virtiofsd/virtiofsd   QEMU's C virtiofsd from bookworm's qemu-system-common
+#   qemu10/root/            QEMU 10 from bookworm-backports (for DEVICE_STATE
+#                           migration tests), extracted privately
 #   rust-virtiofsd/root/    trixie's virtiofsd 1.13 + libc6, libcap-ng0,
 #                           libseccomp2, libgcc-s1, extracted privately
 #   env                     KEY=VALUE lines describing all of the above
@@ -22,7 +24,7 @@
 set -euo pipefail
 
 DIR=${GOVIRTIOFSD_GUEST_DIR:-/var/cache/govirtiofsd-test}
-STAMP_VERSION=1
+STAMP_VERSION=2
 ENV_FILE=$DIR/env
 
 log() { echo "install.sh: $*" >&2; }
@@ -36,7 +38,7 @@ if [ "${1:-}" != "--force" ] && [ -f "$ENV_FILE" ] && grep -qx "STAMP_VERSION=$S
 	ok=1
 	while IFS='=' read -r k v; do
 		case $k in
-		VMLINUX|BUSYBOX|C_VIRTIOFSD|RUST_VIRTIOFSD|RUST_LDSO|QEMU) [ -e "$v" ] || ok=0 ;;
+		VMLINUX|BUSYBOX|C_VIRTIOFSD|RUST_VIRTIOFSD|RUST_LDSO|QEMU|QEMU10) [ -e "$v" ] || ok=0 ;;
 		esac
 	done <"$ENV_FILE"
 	if [ $ok = 1 ]; then
@@ -157,8 +159,25 @@ ldso_rel=usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2
 rust_version=$("$work/rust-virtiofsd/root/$ldso_rel" --library-path "$work/rust-virtiofsd/root/usr/lib/x86_64-linux-gnu" \
 	"$work/rust-virtiofsd/root/usr/libexec/virtiofsd" --version | head -n1)
 
+# --- 5b. QEMU 10 from bookworm-backports, privately (vhost-user DEVICE_STATE
+# migration needs QEMU >= 8.2; 7.2 stays the system QEMU) -------------------
+cat >"$apt_dir/sources.list.d/backports.sources" <<EOF
+Types: deb
+URIs: $uri
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+EOF
+log "apt-get update (private lists with bookworm-backports)"
+apt-get "${aptx[@]}" update -qq
+mkdir -p "$work/q10deb" "$work/qemu10/root"
+(cd "$work/q10deb" && apt-get "${aptx[@]}" -o APT::Sandbox::User=root download -qq \
+	qemu-system-x86/bookworm-backports qemu-system-common/bookworm-backports qemu-system-data/bookworm-backports)
+for d in "$work"/q10deb/*.deb; do dpkg-deb -x "$d" "$work/qemu10/root"; done
+"$work/qemu10/root/usr/bin/qemu-system-x86_64" --version >/dev/null 2>&1 || die "QEMU 10 does not run with bookworm's libraries"
+
 # --- 6. move into place and write the env file ------------------------------
-for x in vmlinux modules busybox c-virtiofsd rust-virtiofsd; do
+for x in vmlinux modules busybox c-virtiofsd rust-virtiofsd qemu10; do
 	rm -rf "${DIR:?}/$x"
 	mv "$work/$x" "$DIR/$x"
 done
@@ -178,6 +197,7 @@ RUST_VIRTIOFSD=$rroot/usr/libexec/virtiofsd
 RUST_LDSO=$rroot/$ldso_rel
 RUST_LIBDIR=$rroot/usr/lib/x86_64-linux-gnu
 RUST_VERSION=$rust_version
+QEMU10=$DIR/qemu10/root/usr/bin/qemu-system-x86_64
 EOF
 chmod 644 "$tmp_env"
 mv "$tmp_env" "$ENV_FILE"
