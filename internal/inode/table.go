@@ -31,6 +31,7 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -54,6 +55,8 @@ type Table struct {
 	root     *Node
 
 	mounts mounts
+
+	lastInsertWarn atomic.Int64
 
 	closeOnce sync.Once
 	closeErr  error
@@ -464,6 +467,18 @@ func (t *Table) LookupStat(parent *Node, name string, st *unix.Statx_t) (Entry, 
 	return Entry{ID: rec.ID, Mount: m}, nil
 }
 
+// warnInsert logs a failed node table write (a full state disk, above
+// all) at most every ten seconds: the guest sees the errno (ENOSPC), the
+// operator this line.
+func (t *Table) warnInsert(err error) {
+	now := time.Now().UnixNano()
+	last := t.lastInsertWarn.Load()
+	if now-last < int64(10*time.Second) || !t.lastInsertWarn.CompareAndSwap(last, now) {
+		return
+	}
+	t.log.Error("cannot record new files in the node table; lookups of them fail until it can", "err", err)
+}
+
 func (t *Table) keyLock(key inoKey) *sync.Mutex {
 	return &t.keyLocks[maphash.Comparable(t.seed, key)%uint64(len(t.keyLocks))]
 }
@@ -514,7 +529,9 @@ func (t *Table) recordLocked(parent NodeID, name string, m *Mount, st *unix.Stat
 		return Record{}, err
 	}
 	if rec.ID, err = t.st().Insert(rec); err != nil {
-		return Record{}, fmt.Errorf("record %q: %w", name, err)
+		err = fmt.Errorf("record %q in the node table: %w", name, err)
+		t.warnInsert(err)
+		return Record{}, err
 	}
 	return rec, nil
 }

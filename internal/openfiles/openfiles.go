@@ -21,6 +21,7 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -164,13 +165,18 @@ func (t *Table) AddBacked(nodeid uint64, flags uint32, kind Kind, backingID int3
 		t.nextFH++
 	}
 	e := Entry{FH: slot + 1, NodeID: nodeid, Flags: flags, Kind: kind, BackingID: backingID}
-	if err := t.writeLocked(slot, e); err != nil {
-		t.free = append(t.free, slot)
-		return 0, err
-	}
 	t.live[e.FH] = e
+	if err := t.writeLocked(slot, e); err != nil {
+		// The file is open all the same; only a successor process
+		// will not know the handle.
+		return e.FH, fmt.Errorf("%w: %w", ErrNotRecorded, err)
+	}
 	return e.FH, nil
 }
+
+// ErrNotRecorded is returned with a valid fh when the entry could not be
+// written (state dir full): the handle works, but not across a restart.
+var ErrNotRecorded = errors.New("open file not recorded for restarts")
 
 func (t *Table) writeLocked(slot uint64, e Entry) error {
 	if t.f == nil {

@@ -1,6 +1,7 @@
 package passthrough
 
 import (
+	"errors"
 	"sync"
 	"unsafe"
 
@@ -44,6 +45,10 @@ func (fs *FS) OpenDir(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut
 		return errno(err)
 	}
 	fh, err := fs.openFiles.Add(uint64(n.ID), dirOpenFlags, openfiles.Dir)
+	if errors.Is(err, openfiles.ErrNotRecorded) {
+		fs.warnState.log(fs.log, "state directory: an open directory is not recorded; it will not survive a daemon restart", err)
+		err = nil
+	}
 	if err != nil {
 		ds.close()
 		return errno(err)

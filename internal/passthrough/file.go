@@ -1,6 +1,7 @@
 package passthrough
 
 import (
+	"errors"
 	"sync/atomic"
 
 	"github.com/govirtiofsd/govirtiofsd/internal/inode"
@@ -43,6 +44,10 @@ func (fs *FS) addFile(fd int, n *inode.Node, flags int, out *fuse.OpenOut) error
 		backing = fs.acquireBacking(uint64(n.ID), fd)
 	}
 	fh, err := fs.openFiles.AddBacked(uint64(n.ID), uint32(flags&^(unix.O_TRUNC|unix.O_CREAT|unix.O_EXCL|unix.O_TMPFILE|unix.O_NOFOLLOW)), openfiles.File, backing)
+	if errors.Is(err, openfiles.ErrNotRecorded) {
+		fs.warnState.log(fs.log, "state directory: an open file is not recorded; it will not survive a daemon restart", err)
+		err = nil
+	}
 	if err != nil {
 		fs.releaseBacking(uint64(n.ID), backing)
 		unix.Close(fd)

@@ -136,6 +136,9 @@ type FS struct {
 	// flight, by unique (see SetSuppGroups).
 	suppGroups sync.Map
 
+	// warnState rate-limits warnings about the state directory.
+	warnState rateLimited
+
 	locks   lockFiles
 	backing backingIDs
 
@@ -302,3 +305,18 @@ func (fs *FS) SetSuppGroups(unique uint64, groups []uint32) (done func()) {
 }
 
 func procPath(fd int) string { return fmt.Sprintf("/proc/self/fd/%d", fd) }
+
+// rateLimited logs a warning at most once every ten seconds, so a guest
+// repeating a failing request cannot flood the log.
+type rateLimited struct {
+	last atomic.Int64 // unix nanoseconds of the last line
+}
+
+func (r *rateLimited) log(l *slog.Logger, msg string, err error) {
+	now := time.Now().UnixNano()
+	last := r.last.Load()
+	if now-last < int64(10*time.Second) || !r.last.CompareAndSwap(last, now) {
+		return
+	}
+	l.Warn(msg, "err", err)
+}

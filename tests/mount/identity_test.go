@@ -8,6 +8,7 @@ package mount
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -591,5 +592,81 @@ func TestIdentityTamperedRecord(t *testing.T) {
 	}
 	if !strings.Contains(strings.ToLower(d.Log()), "tamper") {
 		t.Errorf("no log line about the tampered record:\n%s", d.Log())
+	}
+}
+
+// TestIdentityStateDirFull: with the node table on a full disk (a small
+// tmpfs), new lookups fail with a clear error (ENOSPC to the caller, a log
+// line naming the node table) and the daemon keeps serving what it knows;
+// once space is freed it records new files again, and the table is intact
+// after a restart: nodeids issued before still resolve.
+func TestIdentityStateDirFull(t *testing.T) {
+	state := t.TempDir()
+	mountTmpfs(t, state, "size=16m,mode=0700") // 20k records need ~6 MiB
+	d := mounttest.Start(t, mounttest.Options{
+		Flags: []string{"--state-dir=" + filepath.Join(state, "s")},
+		Setup: func(t testing.TB, shared string) {
+			for i := range 20000 {
+				must(t, os.WriteFile(filepath.Join(shared, fmt.Sprintf("f%05d", i)), nil, 0o644))
+			}
+			must(t, os.WriteFile(filepath.Join(shared, "early"), []byte("early"), 0o644))
+		},
+	})
+	early, _, err := unix.NameToHandleAt(unix.AT_FDCWD, filepath.Join(d.Mnt, "early"), 0)
+	must(t, err)
+	// Fill the state disk.
+	filler := filepath.Join(state, "filler")
+	f, err := os.Create(filler)
+	must(t, err)
+	buf := make([]byte, 64<<10)
+	for {
+		if _, err := f.Write(buf); err != nil {
+			break
+		}
+	}
+	f.Close()
+	var failed, ok int
+	var firstErr error
+	for i := range 20000 {
+		if _, err := os.Lstat(filepath.Join(d.Mnt, fmt.Sprintf("f%05d", i))); err != nil {
+			failed++
+			if firstErr == nil {
+				firstErr = err
+			}
+		} else {
+			ok++
+		}
+	}
+	t.Logf("with the state disk full: %d lookups answered, %d failed (first: %v)", ok, failed, firstErr)
+	if failed == 0 {
+		t.Fatalf("no lookup failed with the node table's disk full")
+	}
+	if !errors.Is(firstErr, unix.ENOSPC) {
+		t.Errorf("a lookup on a full state disk failed with %v, want ENOSPC", firstErr)
+	}
+	if !strings.Contains(d.Log(), "cannot record new files in the node table") {
+		t.Errorf("no log line about the full node table:\n%s", d.Log())
+	}
+	// The daemon still serves what it recorded.
+	mounttest.DropCaches(t)
+	if fd, err := openByHandle(d.Mnt, early, unix.O_RDONLY); err != nil {
+		t.Errorf("a file recorded before the disk filled: open_by_handle_at: %v", err)
+	} else {
+		unix.Close(fd)
+	}
+	must(t, os.Remove(filler))
+	for i := range 20000 {
+		if _, err := os.Lstat(filepath.Join(d.Mnt, fmt.Sprintf("f%05d", i))); err != nil {
+			t.Fatalf("after freeing space: lstat f%05d: %v", i, err)
+		}
+	}
+	if err := d.TryRestart(); err != nil {
+		t.Fatalf("restart on the table that ran out of space: %v", err)
+	}
+	mounttest.DropCaches(t)
+	if fd, err := openByHandle(d.Mnt, early, unix.O_RDONLY); err != nil {
+		t.Errorf("after the restart: open_by_handle_at of a file recorded before the disk filled: %v", err)
+	} else {
+		unix.Close(fd)
 	}
 }
