@@ -21,7 +21,7 @@ type Mount struct {
 
 // mounts maps the kernel's mount ids to persistent mount indexes.
 type mounts struct {
-	mu   sync.Mutex
+	mu   sync.RWMutex      // read-locked on every lookup
 	byID map[uint64]*Mount // +checklocks:mu
 }
 
@@ -29,9 +29,9 @@ type mounts struct {
 // store on first sight. fd names the file (used to compute the mount's path
 // when it is new).
 func (t *Table) mountFor(st *unix.Statx_t, fd int) (*Mount, error) {
-	t.mounts.mu.Lock()
+	t.mounts.mu.RLock()
 	m, ok := t.mounts.byID[st.Mnt_id]
-	t.mounts.mu.Unlock()
+	t.mounts.mu.RUnlock()
 	if ok {
 		return m, nil
 	}

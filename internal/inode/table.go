@@ -435,9 +435,9 @@ func (t *Table) LookupStat(parent *Node, name string, st *unix.Statx_t) (Entry, 
 	if err := unix.Statx(parent.fd, name, unix.AT_SYMLINK_NOFOLLOW|unix.AT_STATX_SYNC_AS_STAT, statxMask, st); err != nil {
 		return Entry{}, err
 	}
-	t.mounts.mu.Lock()
+	t.mounts.mu.RLock()
 	m, ok := t.mounts.byID[st.Mnt_id]
-	t.mounts.mu.Unlock()
+	t.mounts.mu.RUnlock()
 	if !ok {
 		// A mount seen for the first time is registered from an fd.
 		n, err := t.Lookup(parent, name, st)
@@ -639,9 +639,9 @@ func (t *Table) Moved(newParent *Node, name string) {
 	if err := unix.Statx(newParent.fd, name, unix.AT_SYMLINK_NOFOLLOW, statxMask, &st); err != nil {
 		return
 	}
-	t.mounts.mu.Lock()
+	t.mounts.mu.RLock()
 	m, ok := t.mounts.byID[st.Mnt_id]
-	t.mounts.mu.Unlock()
+	t.mounts.mu.RUnlock()
 	if !ok {
 		return
 	}
@@ -704,8 +704,8 @@ func (t *Table) Removed(st *unix.Statx_t) {
 // MountIndex returns the persistent index of the mount a statx result lives
 // on, or false if the table has not seen that mount yet.
 func (t *Table) MountIndex(st *unix.Statx_t) (uint32, bool) {
-	t.mounts.mu.Lock()
-	defer t.mounts.mu.Unlock()
+	t.mounts.mu.RLock()
+	defer t.mounts.mu.RUnlock()
 	m, ok := t.mounts.byID[st.Mnt_id]
 	if !ok {
 		return 0, false
