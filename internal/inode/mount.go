@@ -68,14 +68,14 @@ func (t *Table) mountFor(st *unix.Statx_t, fd int) (*Mount, error) {
 // the shared directory without following symlinks, and accepted only if its
 // device matches. nil if it cannot be found.
 func (t *Table) mountByIndex(idx uint32) *Mount {
-	t.mounts.mu.Lock()
+	t.mounts.mu.RLock()
 	for _, m := range t.mounts.byID {
 		if m.Index == idx {
-			t.mounts.mu.Unlock()
+			t.mounts.mu.RUnlock()
 			return m
 		}
 	}
-	t.mounts.mu.Unlock()
+	t.mounts.mu.RUnlock()
 	recs, err := t.st().Mounts()
 	if err != nil {
 		return nil

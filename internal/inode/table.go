@@ -272,7 +272,11 @@ func (t *Table) get(id NodeID, depth int) (*Node, error) {
 	if rec.Parent == 0 || rec.Parent == id {
 		return nil, fmt.Errorf("nodeid %d: record has no parent: %w", id, unix.ESTALE)
 	}
-	fd, ok, err := t.openByHandle(rec, t.mountByIndex(rec.Mount), depth)
+	var m *Mount
+	if t.opts.Handles != HandlesNever && len(rec.Handle) > 0 {
+		m = t.mountByIndex(rec.Mount)
+	}
+	fd, ok, err := t.openByHandle(rec, m, depth)
 	if err != nil {
 		return nil, err
 	}
@@ -282,7 +286,7 @@ func (t *Table) get(id NodeID, depth int) (*Node, error) {
 		}
 	}
 	var st unix.Statx_t
-	m, err := t.statMount(fd, &st)
+	m, err = t.statMount(fd, &st)
 	if err != nil {
 		unix.Close(fd)
 		return nil, fmt.Errorf("nodeid %d: %w", id, err)
