@@ -16,12 +16,13 @@
 //     peer, and keeps the samples. It reports median and min–max per
 //     (row, peer) and the ratio to a reference peer (go-fuse's loopback).
 //
-// Transports: today every peer is reached through a mount (transport
-// "devfuse"; native is a degenerate devfuse peer with no daemon). A vhost-user
-// transport plugs in as a second Transport whose Env carries a FUSE request
-// client (the Go vhost-user front-end) instead of a path; jobs declare which
-// transports they can run on, and the runner skips a (job, peer) pair whose
-// transports do not match, reporting n/a. See transport.go.
+// Transports: a peer is reached either through a path (transport
+// "devfuse": a FUSE mount served over /dev/fuse, or the host directory
+// itself for native) or over vhost-user (transport "vhost": the Go
+// front-end of internal/vhostfront connects to the daemon's socket and the
+// jobs send FUSE requests themselves; vhost.go, vhostio.go). Jobs declare
+// the transports they run on; the table, the chart and the reference peer
+// (loopback, or the better Rust virtiofsd) are per transport.
 //
 // Failure policy: a peer that cannot be built, does not mount, dies, hangs
 // past the sample timeout or returns a wrong result (missing files, short

@@ -232,11 +232,11 @@ func (r *runner) runJob(ctx context.Context, j *job, peers []*Daemon) {
 			vals, err := r.sample(ctx, j, p)
 			if err != nil {
 				var se *startError
-				isStart := errors.As(err, &se)
+				exited := errors.As(err, &se) && strings.Contains(se.Error(), "exited before")
 				err = errors.New(strings.ReplaceAll(err.Error(), r.work, "$WORK"))
-				if isStart && !j.restart {
-					// A daemon that does not mount once will not mount
-					// for the next job either: stop trying.
+				if exited && !j.restart {
+					// A daemon that exits instead of serving will do so
+					// for the next job too: stop trying.
 					p.Unavailable = err.Error()
 					r.peerInfo(p.Name).Unavailable = err.Error()
 				}

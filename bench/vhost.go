@@ -3,6 +3,7 @@ package bench
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -160,12 +161,26 @@ func (in *instance) connect(ctx context.Context, sock string) error {
 	}
 	dctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
-	f, err := vhostfront.Dial(dctx, sock, vhostfront.Options{
-		NumRequestQueues: 1,
-		QueueSize:        1024,
-		Logger:           slog.New(slog.NewTextHandler(io.Discard, nil)),
-	})
-	if err != nil {
+	var f *vhostfront.Frontend
+	for {
+		var err error
+		f, err = vhostfront.Dial(dctx, sock, vhostfront.Options{
+			NumRequestQueues: 1,
+			QueueSize:        1024,
+			Logger:           slog.New(slog.NewTextHandler(io.Discard, nil)),
+		})
+		if err == nil {
+			break
+		}
+		// The socket file exists between bind(2) and listen(2).
+		if errors.Is(err, syscall.ECONNREFUSED) && time.Now().Before(deadline) {
+			select {
+			case <-in.done:
+				return fmt.Errorf("daemon exited before listening: %v", in.err)
+			case <-time.After(5 * time.Millisecond):
+			}
+			continue
+		}
 		return fmt.Errorf("vhost-user setup: %w", err)
 	}
 	out, st, err := f.Init(vhostInitFlags)
