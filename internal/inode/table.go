@@ -505,6 +505,20 @@ func (t *Table) cachedKey(key inoKey, typ uint32) *Node {
 // one nodeid.
 func (t *Table) recordLocked(parent NodeID, name string, m *Mount, st *unix.Statx_t, handle func() (int32, []byte, error)) (Record, error) {
 	typ := uint32(st.Mode) & unix.S_IFMT
+	fresh := Record{Mount: m.Index, Ino: st.Ino, Type: typ, Parent: parent, Name: name}
+	if t.opts.Handles == HandlesNever {
+		// One store round trip for the common case, a file never
+		// seen: look up and insert at once.
+		rec, inserted, err := t.st().LookupOrInsert(fresh)
+		if err != nil {
+			err = fmt.Errorf("record %q in the node table: %w", name, err)
+			t.warnInsert(err)
+			return Record{}, err
+		}
+		if inserted {
+			return rec, nil
+		}
+	}
 	rec, err := t.st().ByIno(m.Index, st.Ino)
 	switch {
 	case err == nil && rec.Type == typ && !t.handleChanged(rec, handle):
@@ -528,7 +542,7 @@ func (t *Table) recordLocked(parent NodeID, name string, m *Mount, st *unix.Stat
 	default:
 		return Record{}, fmt.Errorf("find %q: %w", name, err)
 	}
-	rec = Record{Mount: m.Index, Ino: st.Ino, Type: typ, Parent: parent, Name: name}
+	rec = fresh
 	if rec.HandleType, rec.Handle, err = handle(); err != nil {
 		return Record{}, err
 	}
