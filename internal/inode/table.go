@@ -731,6 +731,3 @@ func (t *Table) MountIndex(st *unix.Statx_t) (uint32, bool) {
 	return m.Index, true
 }
 
-// MountOf returns the mount a statx result lives on, registering it (fd is
-// the file stated, used to name a new mount).
-func (t *Table) MountOf(st *unix.Statx_t, fd int) (*Mount, error) { return t.mountFor(st, fd) }
