@@ -244,6 +244,36 @@ func Statx(fd int, st *unix.Statx_t) error {
 	return unix.Statx(fd, "", unix.AT_EMPTY_PATH|unix.AT_SYMLINK_NOFOLLOW|unix.AT_STATX_SYNC_AS_STAT, statxMask, st)
 }
 
+// Stat stats node id (not following a symlink) and returns the persistent
+// index of its mount. A node the fd cache holds is stated through its fd.
+// One it does not hold is stated by name in its parent (one statx, no fd
+// opened, nothing evicted) when the parent is cached and the name still
+// holds the recorded file; otherwise it is resolved like Get. This keeps
+// GETATTR on a working set larger than the fd cache at one syscall.
+func (t *Table) Stat(id NodeID, st *unix.Statx_t) (mount uint32, err error) {
+	if n := t.cached(id); n != nil {
+		defer n.Release()
+		return n.Mount.Index, Statx(n.fd, st)
+	}
+	if rec, err := t.st().Get(id); err == nil && rec.Parent != 0 && rec.Name != "" {
+		if parent := t.cached(rec.Parent); parent != nil {
+			err := unix.Statx(parent.fd, rec.Name, unix.AT_SYMLINK_NOFOLLOW|unix.AT_STATX_SYNC_AS_STAT, statxMask, st)
+			parent.Release()
+			if err == nil && st.Ino == rec.Ino && uint32(st.Mode)&unix.S_IFMT == rec.Type {
+				if idx, ok := t.MountIndex(st); ok && idx == rec.Mount {
+					return idx, nil
+				}
+			}
+		}
+	}
+	n, err := t.Get(id)
+	if err != nil {
+		return 0, err
+	}
+	defer n.Release()
+	return n.Mount.Index, Statx(n.fd, st)
+}
+
 // maxDepth bounds the parent chain walked to re-resolve a node, so a
 // corrupt chain cannot recurse forever.
 const maxDepth = 4096
@@ -730,4 +760,3 @@ func (t *Table) MountIndex(st *unix.Statx_t) (uint32, bool) {
 	}
 	return m.Index, true
 }
-

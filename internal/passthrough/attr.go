@@ -61,16 +61,16 @@ func (fs *FS) Forget(nodeid, nlookup uint64) {
 
 // GetAttr stats the node (or the open file, when the kernel names one).
 func (fs *FS) GetAttr(cancel <-chan struct{}, in *fuse.GetAttrIn, out *fuse.AttrOut) fuse.Status {
-	n, st := fs.node(in.NodeId)
-	if !st.Ok() {
-		return st
-	}
-	defer n.Release()
 	var sx unix.Statx_t
-	if err := inode.Statx(n.FD(), &sx); err != nil {
-		return errno(err)
+	mount, err := fs.nodes.Stat(inode.NodeID(in.NodeId), &sx)
+	if err != nil {
+		fs.log.Debug("getattr", "nodeid", in.NodeId, "err", err)
+		if st := errno(err); st != fuse.EIO {
+			return st
+		}
+		return fuse.Status(unix.ESTALE)
 	}
-	fs.fillAttr(n.ID, n.Mount.Index, &sx, &out.Attr)
+	fs.fillAttr(inode.NodeID(in.NodeId), mount, &sx, &out.Attr)
 	out.SetTimeout(fs.attrTimeout)
 	return fuse.OK
 }
