@@ -28,22 +28,20 @@ func (fs *FS) parentDir(h *fuse.InHeader, name string) (*inode.Node, fuse.Status
 
 // entryFor looks up name in parent (or what was just created as name) and
 // fills the entry reply.
+//
+// A LOOKUP opens and caches the node's O_PATH fd (READDIRPLUS does not, see
+// addPlusEntry): the OPEN or GETATTR that usually follows then reaches the
+// very file looked up, even if a host rename replaced its name meanwhile,
+// as a local open would, instead of ESTALE from re-resolving a name that
+// now holds another file.
 func (fs *FS) entryFor(parent *inode.Node, name string, out *fuse.EntryOut) fuse.Status {
 	var sx unix.Statx_t
-	if name == "." || name == ".." {
-		n, err := fs.nodes.Lookup(parent, name, &sx)
-		if err != nil {
-			return errno(err)
-		}
-		defer n.Release()
-		fs.fillEntry(n.ID, n.Mount.Index, &sx, out)
-		return fuse.OK
-	}
-	e, err := fs.nodes.LookupStat(parent, name, &sx)
+	n, err := fs.nodes.Lookup(parent, name, &sx)
 	if err != nil {
 		return errno(err)
 	}
-	fs.fillEntry(e.ID, e.Mount.Index, &sx, out)
+	defer n.Release()
+	fs.fillEntry(n.ID, n.Mount.Index, &sx, out)
 	return fuse.OK
 }
 
