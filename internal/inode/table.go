@@ -461,10 +461,10 @@ type Entry struct {
 
 // LookupStat resolves name in parent like Lookup, but records the node
 // without opening it: one statx instead of an open, a statx and (later) a
-// close, and no fd cache churn for a LOOKUP or READDIRPLUS whose node the
-// guest may never use. The fd is opened on first use (Get), which checks
-// the file is still the one recorded. name must be a validated single
-// component other than "." and "..".
+// close, and no fd cache churn for the entries of a READDIRPLUS, most of
+// which the guest never uses. The fd is opened on first use (Get), which
+// checks the file is still the one recorded. name must be a validated
+// single component other than "." and "..".
 func (t *Table) LookupStat(parent *Node, name string, st *unix.Statx_t) (Entry, error) {
 	if err := unix.Statx(parent.fd, name, unix.AT_SYMLINK_NOFOLLOW|unix.AT_STATX_SYNC_AS_STAT, statxMask, st); err != nil {
 		return Entry{}, err
