@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -87,13 +86,13 @@ func storeInSystemd(fd int, log *slog.Logger) {
 	if strings.HasPrefix(sock, "@") {
 		sock = "\x00" + sock[1:]
 	}
-	conn, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: sock, Net: "unixgram"})
+	s, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		log.Warn("systemd notify socket", "err", err)
 		return
 	}
-	defer conn.Close()
-	_, _, err = conn.WriteMsgUnix([]byte("FDSTORE=1\nFDNAME=fuse\n"), unix.UnixRights(fd), nil)
+	defer unix.Close(s)
+	err = unix.Sendmsg(s, []byte("FDSTORE=1\nFDNAME=fuse\n"), unix.UnixRights(fd), &unix.SockaddrUnix{Name: sock}, 0)
 	if err != nil {
 		log.Warn("store /dev/fuse fd in systemd", "err", err)
 		return
