@@ -2,153 +2,190 @@ package bench
 
 import (
 	"fmt"
-	"image"
 	"image/color"
-	"image/draw"
-	"image/png"
 	"io"
 	"math"
 	"slices"
 	"strings"
+
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/vg"
+	"gonum.org/v1/plot/vg/draw"
+	"gonum.org/v1/plot/vg/vgimg"
 )
 
-// Chart scale: ratios are drawn on a log2 axis from 1/chartSpan to
-// chartSpan; bars beyond are clipped and get a marker.
-const chartSpan = 16.0
-
-var (
-	white     = color.RGBA{255, 255, 255, 255}
-	black     = color.RGBA{0, 0, 0, 255}
-	gridGray  = color.RGBA{220, 220, 220, 255}
-	textGray  = color.RGBA{90, 90, 90, 255}
-	peerColor = []color.RGBA{
-		{31, 119, 180, 255}, {255, 127, 14, 255}, {44, 160, 44, 255},
-		{214, 39, 40, 255}, {148, 103, 189, 255}, {140, 86, 75, 255},
-	}
+// Chart geometry. The value axis is log2 of the ratio, so a bar runs from
+// ×1 (as good as the reference) to the peer's ratio, right = better; it
+// spans at least 1/2…2 and at most 1/chartSpan…chartSpan, bars beyond are
+// clipped at the edge and labelled with their ratio.
+const (
+	chartSpan   = 64.0
+	chartWidth  = 10 * vg.Inch
+	chartBarH   = 0.1 * vg.Inch  // one peer's bar
+	chartGroupG = 0.12 * vg.Inch // gap between rows
+	chartDPI    = 96
 )
 
-// DrawChart writes a PNG bar chart of the ratios of g's rows to their
-// reference (log scale, 1 = as good as the reference, up = better). Rows
-// are numbered as in the table; the legend names them.
-func DrawChart(w io.Writer, res *Result, g group) error {
+var peerColor = []color.RGBA{
+	{31, 119, 180, 255}, {255, 127, 14, 255}, {44, 160, 44, 255},
+	{214, 39, 40, 255}, {148, 103, 189, 255}, {140, 86, 75, 255},
+}
+
+// chartPeers are the peers drawn for g: all of them, except a single
+// reference (its bars would all be ×1).
+func chartPeers(g group) []string {
 	var peers []string
 	for _, p := range g.peers {
 		if !slices.Contains(g.ref, p) || len(g.ref) > 1 {
 			peers = append(peers, p)
 		}
 	}
+	return peers
+}
+
+// DrawChart writes a PNG horizontal bar chart (gonum.org/v1/plot) of the
+// ratios of g's rows to their reference: one group of bars per row (row
+// 1 at the top, labelled with its number and name as in the table), one
+// bar per peer, log scale, > 1 = better than the reference. A peer without
+// a number for a row gets "n/a" at ×1.
+func DrawChart(w io.Writer, res *Result, g group) error {
+	peers := chartPeers(g)
 	rows := make([]RowResult, 0, len(g.rows))
 	for _, i := range g.rows {
 		rows = append(rows, res.Rows[i])
 	}
-	const (
-		scale   = 2
-		lineH   = (glyphH + 4) * scale
-		left    = 90
-		right   = 20
-		top     = 50
-		plotH   = 420
-		barW    = 14
-		groupGp = 16
-	)
-	nRows := max(1, len(rows))
-	groupW := max(1, len(peers))*barW + groupGp
-	width := max(left+nRows*groupW+right, 900)
-	legendTop := top + plotH + 40
-	legendLines := len(peers) + 1 + len(rows)
-	height := legendTop + legendLines*lineH + 20
+	n := max(1, len(rows))
+	np := max(1, len(peers))
 
-	img := image.NewRGBA(image.Rect(0, 0, width, height))
-	draw.Draw(img, img.Bounds(), &image.Uniform{white}, image.Point{}, draw.Src)
-
-	title := fmt.Sprintf("govirtiofsd-bench %s %s: ratio to %s (log scale, >1 = better)", res.Meta.Start.Format("2006-01-02"), g.transport, strings.Join(g.ref, "/"))
-	drawText(img, 10, 12, scale, title, black)
-
-	// y(ratio): log2 axis, 1 in the middle.
-	half := plotH / 2
-	yOf := func(r float64) int {
-		l := math.Log2(r) / math.Log2(chartSpan)
-		l = math.Max(-1, math.Min(1, l))
-		return top + half - int(math.Round(l*float64(half)))
-	}
-	for e := -4; e <= 4; e++ {
-		r := math.Pow(2, float64(e))
-		y := yOf(r)
-		c := gridGray
-		if e == 0 {
-			c = black
+	// Axis half-width in powers of two.
+	span := 1.0
+	for _, rr := range rows {
+		for _, c := range rr.Cells {
+			if c.Ratio > 0 {
+				span = math.Max(span, math.Ceil(math.Abs(math.Log2(c.Ratio))))
+			}
 		}
-		hline(img, left, width-right, y, c)
-		label := fmt.Sprintf("%g", r)
-		if e < 0 {
-			label = fmt.Sprintf("1/%d", 1<<-e)
-		}
-		drawText(img, left-8-textWidth(label, scale), y-glyphH*scale/2, scale, label, textGray)
 	}
-	vline(img, left, top, top+plotH, black)
+	span = math.Min(span, math.Log2(chartSpan))
 
+	p := plot.New()
+	p.Title.Text = fmt.Sprintf("govirtiofsd-bench %s, %s: ratio to %s (log scale, > 1 = better)",
+		res.Meta.Start.Format("2006-01-02"), g.transport, strings.Join(g.ref, " or best of "))
+	if len(g.ref) > 1 {
+		p.Title.Text = fmt.Sprintf("govirtiofsd-bench %s, %s: ratio to the better of %s (log scale, > 1 = better)",
+			res.Meta.Start.Format("2006-01-02"), g.transport, strings.Join(g.ref, ", "))
+	}
+	p.Title.TextStyle.Font.Size = vg.Points(13)
+	p.X.Label.Text = "ratio to the reference (median of the peer / median of the reference, oriented so that right = better)"
+	p.X.Label.TextStyle.Font.Size = vg.Points(10)
+	p.X.Min, p.X.Max = -span, span
+	var ticks []plot.Tick
+	for e := -int(span); e <= int(span); e++ {
+		ticks = append(ticks, plot.Tick{Value: float64(e), Label: ratioLabel(e)})
+	}
+	p.X.Tick.Marker = plot.ConstantTicks(ticks)
+	p.X.Tick.Label.Font.Size = vg.Points(11)
+
+	names := make([]string, n)
 	for i, rr := range rows {
-		x0 := left + i*groupW + groupGp/2
-		for k, pn := range peers {
-			var cell *Cell
-			for j := range rr.Cells {
-				if rr.Cells[j].Peer == pn {
-					cell = &rr.Cells[j]
-				}
-			}
-			x := x0 + k*barW
-			col := peerColor[k%len(peerColor)]
-			if cell == nil || cell.Ratio == 0 {
-				// n/a: a small grey cross on the 1 line.
-				drawText(img, x+2, yOf(1)-3, 1, "x", textGray)
-				continue
-			}
-			y1, y2 := yOf(1), yOf(cell.Ratio)
-			if y2 < y1 {
-				y1, y2 = y2, y1
-			}
-			if y2 == y1 {
-				y2++
-			}
-			fill := image.Rect(x+1, y1, x+barW-1, y2)
-			draw.Draw(img, fill, &image.Uniform{col}, image.Point{}, draw.Src)
-			if cell.Ratio > chartSpan || cell.Ratio < 1/chartSpan {
-				// clipped: a black cap
-				yc := y1
-				if cell.Ratio < 1 {
-					yc = y2 - 2
-				}
-				draw.Draw(img, image.Rect(x+1, yc, x+barW-1, yc+2), &image.Uniform{black}, image.Point{}, draw.Src)
-			}
-		}
-		lbl := fmt.Sprint(g.rows[i] + 1)
-		gx := x0 + (len(peers)*barW-textWidth(lbl, scale))/2
-		drawText(img, gx, top+plotH+10, scale, lbl, black)
+		names[n-1-i] = fmt.Sprintf("%d %s (%s)", g.rows[i]+1, rr.Name, rr.Unit)
 	}
+	p.NominalY(names...)
+	p.Y.Tick.Label.Font.Size = vg.Points(10)
+	p.Y.Min, p.Y.Max = -0.5, float64(n)-0.5
 
-	y := legendTop
+	grid := plotter.NewGrid()
+	grid.Horizontal.Color = color.Transparent
+	grid.Vertical.Color = color.Gray{Y: 215}
+	p.Add(grid)
+
+	var clipped, na plotter.XYLabels
+	leg := plot.NewLegend()
 	for k, pn := range peers {
-		col := peerColor[k%len(peerColor)]
-		draw.Draw(img, image.Rect(left, y, left+glyphH*scale, y+glyphH*scale), &image.Uniform{col}, image.Point{}, draw.Src)
-		drawText(img, left+glyphH*scale+8, y, scale, pn, black)
-		y += lineH
+		vals := make(plotter.Values, n)
+		for i := range rows {
+			y := n - 1 - i
+			c := cellOf(&rows[i], pn)
+			off := (float64(np-1)/2 - float64(k)) * float64(chartBarH) / float64(rowHeight(np))
+			switch {
+			case c == nil || c.Ratio <= 0:
+				na.XYs = append(na.XYs, plotter.XY{X: 0, Y: float64(y) + off})
+				na.Labels = append(na.Labels, " n/a")
+			default:
+				l := math.Log2(c.Ratio)
+				vals[y] = l
+				if math.Abs(l) > span {
+					x := math.Copysign(span, l)
+					clipped.XYs = append(clipped.XYs, plotter.XY{X: x, Y: float64(y) + off})
+					clipped.Labels = append(clipped.Labels, "×"+ratio(c.Ratio))
+				}
+			}
+		}
+		bc, err := plotter.NewBarChart(vals, chartBarH)
+		if err != nil {
+			return err
+		}
+		bc.Horizontal = true
+		bc.Color = peerColor[k%len(peerColor)]
+		bc.LineStyle.Width = 0
+		bc.Offset = vg.Length(float64(np-1)/2-float64(k)) * chartBarH
+		p.Add(bc)
+		leg.Add(pn, bc)
 	}
-	y += lineH / 2
-	for i, rr := range rows {
-		drawText(img, left, y, scale, fmt.Sprintf("%d %s (%s)", g.rows[i]+1, rr.Name, rr.Unit), textGray)
-		y += lineH
+	one, err := plotter.NewLine(plotter.XYs{{X: 0, Y: -0.5}, {X: 0, Y: float64(n) - 0.5}})
+	if err != nil {
+		return err
 	}
-	return png.Encode(w, img)
+	one.LineStyle.Width = vg.Points(1)
+	p.Add(one)
+	for _, l := range []struct {
+		xy    plotter.XYLabels
+		left  bool
+		color color.Color
+	}{{clipped, false, color.Black}, {na, false, color.Gray{Y: 110}}} {
+		if len(l.xy.XYs) == 0 {
+			continue
+		}
+		lb, err := plotter.NewLabels(l.xy)
+		if err != nil {
+			return err
+		}
+		for i := range lb.TextStyle {
+			lb.TextStyle[i].Font.Size = vg.Points(8)
+			lb.TextStyle[i].Color = l.color
+			lb.TextStyle[i].YAlign = -0.5
+			if lb.XYs[i].X > 0 {
+				lb.TextStyle[i].XAlign = -1 // right-aligned at the right edge
+			}
+		}
+		p.Add(lb)
+	}
+	leg.TextStyle.Font.Size = vg.Points(11)
+	leg.Left, leg.Top = true, true
+	leg.Padding = 0.04 * vg.Inch
+	leg.ThumbnailWidth = 0.3 * vg.Inch
+
+	// Canvas: the plot, and a band under it for the legend.
+	legendH := vg.Length(np)*(leg.TextStyle.Height("Xg")+leg.Padding) + 0.25*vg.Inch
+	height := vg.Length(n)*rowHeight(np) + 1.3*vg.Inch + legendH
+	img := vgimg.NewWith(vgimg.UseWH(chartWidth, height), vgimg.UseDPI(chartDPI))
+	dc := draw.New(img)
+	p.Draw(draw.Crop(dc, 0.1*vg.Inch, -0.25*vg.Inch, legendH, -0.1*vg.Inch))
+	leg.Draw(draw.Crop(dc, 0.3*vg.Inch, 0, 0, legendH-dc.Size().Y-0.1*vg.Inch))
+	_, err = vgimg.PngCanvas{Canvas: img}.WriteTo(w)
+	return err
 }
 
-func hline(img *image.RGBA, x0, x1, y int, c color.Color) {
-	for x := x0; x < x1; x++ {
-		img.Set(x, y, c)
-	}
-}
+// rowHeight is the height of one row's group of bars.
+func rowHeight(np int) vg.Length { return vg.Length(np)*chartBarH + chartGroupG }
 
-func vline(img *image.RGBA, x, y0, y1 int, c color.Color) {
-	for y := y0; y < y1; y++ {
-		img.Set(x, y, c)
+func ratioLabel(e int) string {
+	switch {
+	case e == 0:
+		return "×1"
+	case e > 0:
+		return fmt.Sprintf("×%d", 1<<e)
 	}
+	return fmt.Sprintf("×1/%d", 1<<-e)
 }
