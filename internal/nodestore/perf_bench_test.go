@@ -1,0 +1,179 @@
+package nodestore
+
+import (
+	"os"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// The per-request costs the daemon pays on top of --state-dir=none (issue
+// #5): each benchmark runs on a store in a fresh directory of the
+// filesystem the daemon's state lives on (/var/tmp, or
+// NODESTORE_BENCH_DIR), on tmpfs (/dev/shm), and in memory. The store is
+// new for every run, like a daemon's state directory on its first start,
+// so first writes (block allocation, index growth) are part of the cost.
+//
+//	go test -run X -bench 'New|Churn|Small' -count 5 ./internal/nodestore/
+
+type benchFS struct{ name, dir string }
+
+func benchFSes() []benchFS {
+	disk := os.Getenv("NODESTORE_BENCH_DIR")
+	if disk == "" {
+		disk = "/var/tmp"
+	}
+	fses := []benchFS{{fsName(disk), disk}}
+	if st, err := os.Stat("/dev/shm"); err == nil && st.IsDir() {
+		fses = append(fses, benchFS{"tmpfs", "/dev/shm"})
+	}
+	return append(fses, benchFS{"memory", ""})
+}
+
+func fsName(dir string) string {
+	var st unix.Statfs_t
+	if unix.Statfs(dir, &st) != nil {
+		return "disk"
+	}
+	switch st.Type {
+	case unix.EXT4_SUPER_MAGIC:
+		return "ext4"
+	case unix.XFS_SUPER_MAGIC:
+		return "xfs"
+	case unix.BTRFS_SUPER_MAGIC:
+		return "btrfs"
+	case unix.TMPFS_MAGIC:
+		return "tmpfs"
+	}
+	return "disk"
+}
+
+// onFreshStores runs f on a new store per filesystem.
+func onFreshStores(b *testing.B, f func(b *testing.B, s Store)) {
+	for _, fs := range benchFSes() {
+		b.Run(fs.name, func(b *testing.B) {
+			var s Store = OpenMemory()
+			if fs.dir != "" {
+				dir, err := os.MkdirTemp(fs.dir, "nodestore-bench-")
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer os.RemoveAll(dir)
+				if s, err = Open(dir, Options{Logger: quietLogger()}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			defer s.Close()
+			if _, err := s.Insert(Record{Mount: 0, Ino: 1 << 40, Type: 0o40000}); err != nil {
+				b.Fatal(err) // the root, synced
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			cpuStart = cpuTime()
+			f(b, s)
+			// CPU time (user + system, all threads) per op: steadier
+			// than wall time on a shared machine.
+			b.ReportMetric(float64(cpuTime()-cpuStart)/float64(b.N), "cpu-ns/op")
+		})
+	}
+}
+
+// BenchmarkLookupOrInsertNew is the store's part of a LOOKUP of a file the
+// daemon has never seen: LookupOrInsert of a new (mount, ino).
+func BenchmarkLookupOrInsertNew(b *testing.B) {
+	onFreshStores(b, func(b *testing.B, s Store) {
+		for i := 0; b.Loop(); i++ {
+			if _, ins, err := s.LookupOrInsert(benchRec(i)); err != nil || !ins {
+				b.Fatal(err, ins)
+			}
+		}
+	})
+}
+
+// BenchmarkInsertNew is Insert of new records into a fresh store.
+func BenchmarkInsertNew(b *testing.B) {
+	onFreshStores(b, func(b *testing.B, s Store) {
+		for i := 0; b.Loop(); i++ {
+			if _, err := s.Insert(benchRec(i)); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+// BenchmarkChurn is CREATE + UNLINK: LookupOrInsert of a new file, then
+// Delete of its record.
+func BenchmarkChurn(b *testing.B) {
+	onFreshStores(b, func(b *testing.B, s Store) {
+		for i := 0; b.Loop(); i++ {
+			r, _, err := s.LookupOrInsert(benchRec(i))
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := s.Delete(r.ID); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+// smallN is the size of the store the Small read benchmarks use: a
+// directory tree the cache does not hold (8 MiB cache ≈ 30k records).
+const smallN = 100_000
+
+func smallFill(b *testing.B, s Store) []NodeID {
+	b.StopTimer()
+	defer func() { cpuStart = cpuTime(); b.StartTimer() }()
+	return fill(b, s, smallN)
+}
+
+// cpuStart is the process CPU time when the measured part began.
+var cpuStart int64
+
+func cpuTime() int64 {
+	var ru unix.Rusage
+	if err := unix.Getrusage(unix.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return ru.Utime.Nano() + ru.Stime.Nano()
+}
+
+// BenchmarkSmallGet reads random nodeids out of smallN records.
+func BenchmarkSmallGet(b *testing.B) {
+	onFreshStores(b, func(b *testing.B, s Store) {
+		ids := smallFill(b, s)
+		for i := 0; b.Loop(); i++ {
+			if _, err := s.Get(ids[(i*7919)%len(ids)]); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+// BenchmarkSmallByInoHit and Miss look up (mount, ino) pairs among smallN
+// records: present ones, and ones never inserted (a LOOKUP of a new file
+// with --inode-file-handles=prefer starts with one).
+func BenchmarkSmallByInoHit(b *testing.B) {
+	onFreshStores(b, func(b *testing.B, s Store) {
+		smallFill(b, s)
+		for i := 0; b.Loop(); i++ {
+			r := benchRec((i * 7919) % smallN)
+			if _, err := s.ByIno(r.Mount, r.Ino); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+func BenchmarkSmallByInoMiss(b *testing.B) {
+	onFreshStores(b, func(b *testing.B, s Store) {
+		smallFill(b, s)
+		for i := 0; b.Loop(); i++ {
+			r := benchRec(smallN + i)
+			if _, err := s.ByIno(r.Mount, r.Ino); err == nil {
+				b.Fatal("found")
+			}
+		}
+	})
+}
+
