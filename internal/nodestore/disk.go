@@ -346,11 +346,11 @@ func (s *diskStore) Insert(r Record) (NodeID, error) {
 	if s.closed {
 		return 0, ErrClosed
 	}
-	id, err := s.insertLocked(r)
+	rec, err := s.insertLocked(r, nil)
 	if err != nil {
 		return 0, fmt.Errorf("nodestore: insert: %w", err)
 	}
-	return id, nil
+	return rec.ID, nil
 }
 
 func (s *diskStore) LookupOrInsert(r Record) (Record, bool, error) {
@@ -362,61 +362,76 @@ func (s *diskStore) LookupOrInsert(r Record) (Record, bool, error) {
 	if s.closed {
 		return Record{}, false, ErrClosed
 	}
-	if old, err := s.byInoLocked(inoKey{r.Mount, r.Ino}); err == nil {
-		return old, false, nil
-	} else if !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrTampered) {
+	old, found, put, err := s.lookupForInsertLocked(inoKey{r.Mount, r.Ino})
+	if err != nil {
 		return Record{}, false, err
 	}
-	id, err := s.insertLocked(r)
+	if found {
+		return old, false, nil
+	}
+	rec, err := s.insertLocked(r, &put)
 	if err != nil {
 		return Record{}, false, fmt.Errorf("nodestore: insert: %w", err)
 	}
-	rec := cloneRecord(r)
-	rec.ID = id
 	return rec, true, nil
 }
 
-func (s *diskStore) insertLocked(r Record) (NodeID, error) {
+// insertLocked stores r under a new nodeid. put, if not nil, is where a
+// probe made under the same hold of s.mu would put the index entry; it is
+// used unless the index changed meanwhile. The record returned shares its
+// Handle with the cache.
+func (s *diskStore) insertLocked(r Record, put *putSlot) (Record, error) {
 	// Make room first, so that a failure (ENOSPC above all) leaves
-	// nothing half done.
+	// nothing half done. A migration step moves entries, so a probe made
+	// before it is stale.
+	migrating := s.mig != nil
 	if err := s.maintainIndexLocked(s.migStep); err != nil {
-		return 0, err
+		return Record{}, err
+	}
+	if migrating || s.mig != nil {
+		put = nil
 	}
 	if s.next >= s.hdr.reserved {
 		old := s.hdr.reserved
 		s.hdr.reserved = s.next + reserveBatch
 		if err := writeHeader(int(s.metaF.Fd()), &s.hdr, s.keys.header, true); err != nil {
 			s.hdr.reserved = old
-			return 0, fmt.Errorf("reserve nodeids: %w", err)
+			return Record{}, fmt.Errorf("reserve nodeids: %w", err)
 		}
 	}
 	off := int64(s.next) * slotSize
 	if err := s.allocLocked(off + slotSize); err != nil {
-		return 0, err
+		return Record{}, err
 	}
 	r = cloneRecord(r)
 	r.ID = s.next
 	s.next++ // from here on, failure skips the nodeid
 	if err := s.writeRecordLocked(&r); err != nil {
 		s.zeroSlotLocked(r.ID)
-		return 0, err
+		return Record{}, err
 	}
 	k := inoKey{r.Mount, r.Ino}
-	if err := s.indexPutLocked(k, r.ID); err != nil {
+	var err error
+	if put != nil {
+		err = s.placeLocked(*put, r.ID)
+	} else {
+		err = s.indexPutLocked(k, r.ID)
+	}
+	if err != nil {
 		s.zeroSlotLocked(r.ID)
-		return 0, fmt.Errorf("update reverse index: %w", err)
+		return Record{}, fmt.Errorf("update reverse index: %w", err)
 	}
 	if r.ID == RootID {
 		// The root must survive even a power loss right after the store
 		// was created: the kernel knows it as nodeid 1 for good, and a
 		// store without it cannot serve.
 		if err := s.syncLocked(); err != nil {
-			return 0, err
+			return Record{}, err
 		}
 	}
 	s.cache.putRec(r)
 	s.cache.putIno(k, r.ID)
-	return r.ID, nil
+	return r, nil
 }
 
 // readExtLocked reads the overflow slot that buf.main names, if any.

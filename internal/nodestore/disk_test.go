@@ -683,3 +683,36 @@ func TestKeyFileLengths(t *testing.T) {
 		}
 	}
 }
+
+// TestLookupOrInsertOverTampered: a LOOKUP of a file whose record fails
+// its MAC gets a new nodeid, and the index entry of the bad record is
+// replaced rather than joined by a second one (lookupForInsertLocked
+// decides like indexPutLocked).
+func TestLookupOrInsertOverTampered(t *testing.T) {
+	dir := t.TempDir()
+	s := openT(t, dir, Options{})
+	if _, err := s.Insert(rec(0, 1, 0, "")); err != nil {
+		t.Fatal(err)
+	}
+	old, err := s.Insert(rec(0, 42, 1, "victim"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	flipByte(t, filepath.Join(dir, recordsFile), int64(old)*slotSize+offInline)
+	s = openT(t, dir, Options{})
+	got, inserted, err := s.LookupOrInsert(rec(0, 42, 1, "victim"))
+	if err != nil || !inserted || got.ID == old {
+		t.Fatalf("LookupOrInsert over a tampered record = %+v %v %v, want a new nodeid", got, inserted, err)
+	}
+	live := s.(*diskStore).ix.live
+	s.Close()
+	s = openT(t, dir, Options{})
+	defer s.Close()
+	if r, err := s.ByIno(0, 42); err != nil || r.ID != got.ID {
+		t.Fatalf("ByIno after reopen = %+v %v, want nodeid %d", r, err, got.ID)
+	}
+	if l := s.(*diskStore).ix.live; l != live || l != 2 {
+		t.Fatalf("index has %d live entries (%d before reopen), want 2", l, live)
+	}
+}

@@ -58,6 +58,26 @@ func TestMigration(t *testing.T) {
 			if len(ids) > 0 && rng.IntN(8) == 0 {
 				k = keyOf[ids[rng.IntN(len(ids))]] // host ino reuse: take over the key
 			}
+			if rng.IntN(2) == 0 {
+				// LookupOrInsert: one probe serves the lookup and the
+				// insert (lookupForInsertLocked).
+				got, inserted, err := ds.LookupOrInsert(Record{Mount: k.mount, Ino: k.ino, Name: "x"})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if want, ok := model[k]; ok {
+					if inserted || got.ID != want {
+						t.Fatalf("LookupOrInsert(%v) = %d inserted %v, want %d", k, got.ID, inserted, want)
+					}
+					break
+				}
+				if !inserted {
+					t.Fatalf("LookupOrInsert(%v) = %d, want a new record", k, got.ID)
+				}
+				model[k], keyOf[got.ID] = got.ID, k
+				ids = append(ids, got.ID)
+				break
+			}
 			id, err := ds.Insert(Record{Mount: k.mount, Ino: k.ino, Name: "x"})
 			if err != nil {
 				t.Fatal(err)

@@ -254,17 +254,95 @@ func (s *diskStore) indexPutLocked(k inoKey, id NodeID) error {
 	if err != nil {
 		return err
 	}
-	if !found {
-		if tombIx == ix {
-			pos = tomb
+	return s.placeLocked(putSlot{ix: ix, h: h, pos: pos, replace: found, tombIx: tombIx, tomb: tomb}, id)
+}
+
+// putSlot is where indexPutLocked's probe decided to put an entry: over
+// the entry at pos (replace), or in the empty bucket pos that ended the
+// chain, or in the chain's first tombstone if it is in the same table.
+type putSlot struct {
+	ix      *index
+	h, pos  uint64
+	replace bool
+	tombIx  *index
+	tomb    uint64
+}
+
+// placeLocked writes the entry h → id at p.
+func (s *diskStore) placeLocked(p putSlot, id NodeID) error {
+	ix, pos := p.ix, p.pos
+	if !p.replace {
+		if p.tombIx == ix {
+			pos = p.tomb
 			ix.tombs--
 		}
 		ix.live++
-		if m := s.mig; m != nil && ix == &s.ix && m.vhome(h) >= m.p {
+		if m := s.mig; m != nil && ix == &s.ix && m.vhome(p.h) >= m.p {
 			s.migCrossed++ // an unmigrated key placed in the new table
 		}
 	}
-	return ix.write(pos, h, uint64(id))
+	return ix.write(pos, p.h, uint64(id))
+}
+
+// lookupForInsertLocked is byInoLocked and the probe of indexPutLocked in
+// one pass over k's probe chain, for LookupOrInsert: it returns the record
+// ByIno would return (found), or else where indexPutLocked would put an
+// entry for k. A miss costs one index read and no error value. The slot is
+// valid until the index changes (an insert, delete or migration step).
+func (s *diskStore) lookupForInsertLocked(k inoKey) (rec Record, found bool, put putSlot, err error) {
+	if id, ok := s.cache.getIno(k); ok {
+		if r, err := s.getLocked(id); err == nil && r.Mount == k.mount && r.Ino == k.ino {
+			return r, true, putSlot{}, nil
+		}
+	}
+	var kerr error
+	replaced := false
+	ix, h, pos, hit, err := s.probeRouted(k, func(ix *index, h, pos, eh, eid uint64) bool {
+		if eid == tombID {
+			if put.tombIx != ix {
+				put.tombIx, put.tomb = ix, pos
+			}
+			return false
+		}
+		if eh != h {
+			return false
+		}
+		r, err := s.getLocked(NodeID(eid))
+		if err == nil {
+			if r.Mount == k.mount && r.Ino == k.ino {
+				rec = r
+				return true
+			}
+			return false
+		}
+		if !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrTampered) {
+			kerr = err
+			return true
+		}
+		// An entry whose record does not verify: ByIno goes on looking,
+		// an insert of the same key replaces it (as indexPutLocked).
+		if !replaced {
+			if sk, err := s.slotKeyLocked(NodeID(eid)); err == nil && sk == k {
+				put.ix, put.h, put.pos, put.replace = ix, h, pos, true
+				replaced = true
+			}
+		}
+		return false
+	})
+	if err == nil {
+		err = kerr
+	}
+	if err != nil {
+		return Record{}, false, putSlot{}, fmt.Errorf("nodestore: mount %d ino %d: %w", k.mount, k.ino, err)
+	}
+	if hit {
+		s.cache.putIno(k, rec.ID)
+		return rec, true, putSlot{}, nil
+	}
+	if !replaced {
+		put.ix, put.h, put.pos = ix, h, pos
+	}
+	return Record{}, false, put, nil
 }
 
 // indexDelLocked removes the entry k → id, if the index has it.
