@@ -69,12 +69,16 @@ type runner struct {
 	done      chan struct{} // closed when the kick goroutine returns
 	work      chan *request // nil: requests are served inline
 	workers   sync.WaitGroup
+	// slots holds one request per descriptor head: a head is in flight at
+	// most once (pop refuses a driver that reuses one early), so a ring
+	// reads its chains into these without allocating.
+	slots []request
 }
 
 // request is one popped chain. It holds a reference on the memory table
 // its buffers live in until it completes.
 type request struct {
-	chain *virtqueue.Chain
+	chain virtqueue.Chain
 	mem   *virtqueue.Memory
 	r     *runner // the ring run it was popped in
 }
@@ -196,7 +200,7 @@ func (v *vring) start() error {
 	if err != nil {
 		return fmt.Errorf("vring %d: %w", v.index, err)
 	}
-	r := &runner{done: make(chan struct{}), abandoned: make(chan struct{})}
+	r := &runner{done: make(chan struct{}), abandoned: make(chan struct{}), slots: make([]request, q.Size())}
 	v.mu.Lock()
 	v.q, v.cur, v.broken = q, r, false
 	v.inflight = make([]bool, q.Size())
@@ -328,7 +332,20 @@ func (v *vring) loop(r *runner, kick *os.File) {
 }
 
 // drain serves every available chain. It returns false if the ring broke.
+//
+// Served inline, completions are published one by one but the driver is
+// interrupted once per pass over the ring (and at least every
+// notifyBatch completions), as the kernel's vhost does: a driver with
+// many requests in flight then takes one interrupt for a batch of
+// replies instead of one per reply, and a lone request is still answered
+// at once, since the ring is empty after it.
 func (v *vring) drain(r *runner) bool {
+	pending := 0
+	defer func() {
+		if pending > 0 {
+			v.notify(r)
+		}
+	}()
 	for !r.stopping.Load() {
 		req, err := v.pop(r)
 		if err != nil {
@@ -345,12 +362,20 @@ func (v *vring) drain(r *runner) bool {
 				req.mem.Release()
 				return true
 			}
-		} else {
-			v.serve(req)
+			continue
+		}
+		v.complete(req, false)
+		if pending++; pending >= notifyBatch {
+			v.notify(r)
+			pending = 0
 		}
 	}
 	return true
 }
+
+// notifyBatch bounds the completions an inline ring publishes before it
+// interrupts the driver.
+const notifyBatch = 16
 
 // pop returns the next valid chain, or nil once the ring is empty with
 // notifications re-enabled (or the ring is disabled, broken, or no longer
@@ -374,19 +399,23 @@ func (v *vring) pop(r *runner) (*request, error) {
 			}
 			return nil, nil
 		}
-		c, err := q.ReadChain(q.Memory(), head)
-		if err != nil {
+		if v.inflight[head] {
+			return nil, fmt.Errorf("driver made head %d available again before it was used: %w", head, virtqueue.ErrBrokenRing)
+		}
+		req := &r.slots[head]
+		if err := q.ReadChainInto(&req.chain, q.Memory(), head); err != nil {
 			// The chain is unusable, but its head is valid: hand it
 			// back empty so the driver can reclaim it.
 			// Rate-limited: a guest can send these at will.
 			if v.badChains++; v.badChains <= 10 || v.badChains%1000 == 0 {
 				v.log.Warn("malformed descriptor chain refused", "head", head, "err", err, "count", v.badChains)
 			}
-			v.pushLocked(head, 0)
+			v.pushLocked(head, 0, true)
 			continue
 		}
 		v.inflight[head] = true
-		return &request{chain: c, mem: q.Memory().Acquire(), r: r}, nil
+		req.mem, req.r = q.Memory().Acquire(), r
+		return req, nil
 	}
 }
 
@@ -425,28 +454,47 @@ func (v *vring) recoverRing() {
 	}
 }
 
-// serve runs the Handler on one request and completes it.
-func (v *vring) serve(req *request) {
-	n := v.handle(req.chain)
-	v.d.dirty.markChain(req.chain, n)
+// serve runs the Handler on one request, completes it and interrupts the
+// driver if it asks for it.
+func (v *vring) serve(req *request) { v.complete(req, true) }
+
+// complete runs the Handler on one request and returns the chain to the
+// driver; with notify, it also interrupts the driver if it asks for it.
+func (v *vring) complete(req *request, notify bool) {
+	head := req.chain.Head
+	n := v.handle(&req.chain)
+	v.d.dirty.markChain(&req.chain, n)
 	req.mem.Release()
+	req.mem = nil
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if v.cur != req.r {
 		return // the ring was stopped without waiting for us
 	}
-	v.pushLocked(req.chain.Head, n)
+	v.pushLocked(head, n, notify)
+}
+
+// notify interrupts the driver if it wants to hear about the entries
+// pushed so far by run r.
+func (v *vring) notify(r *runner) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.cur == r && v.q != nil {
+		v.notifyLocked()
+	}
 }
 
 // pushLocked returns a chain to the driver, logs the used-ring write for
-// migration and interrupts the driver if it asks for it.
-func (v *vring) pushLocked(head uint16, n uint32) {
+// migration and, with notify, interrupts the driver if it asks for it.
+func (v *vring) pushLocked(head uint16, n uint32, notify bool) {
 	v.inflight[head] = false
 	v.q.Push(head, n)
 	if v.logUsed {
 		v.d.dirty.mark(v.logAddr, virtqueue.UsedRingBytes(v.q.Size()))
 	}
-	v.notifyLocked()
+	if notify {
+		v.notifyLocked()
+	}
 }
 
 // notifyLocked interrupts the driver if it wants to hear about the

@@ -43,9 +43,20 @@ func readDesc(table []byte, i uint32) desc {
 // ErrBadAddress. The slices alias mem, so the caller must keep a reference
 // on mem until it is done with them.
 func (q *Queue) ReadChain(mem *Memory, head uint16) (*Chain, error) {
-	c := &Chain{Head: head}
+	c := new(Chain)
+	if err := q.ReadChainInto(c, mem, head); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// ReadChainInto is ReadChain into a caller-owned Chain, reusing its
+// slices' storage, so a ring that keeps one Chain per head reads chains
+// without allocating. On error c holds a partial chain.
+func (q *Queue) ReadChainInto(c *Chain, mem *Memory, head uint16) error {
+	*c = Chain{Head: head, In: c.In[:0], Out: c.Out[:0], OutAddr: c.OutAddr[:0]}
 	if head >= q.size {
-		return nil, fmt.Errorf("head %d out of range, queue size %d: %w", head, q.size, ErrBrokenRing)
+		return fmt.Errorf("head %d out of range, queue size %d: %w", head, q.size, ErrBrokenRing)
 	}
 	table := q.desc
 	tableLen := uint32(q.size)
@@ -57,23 +68,23 @@ func (q *Queue) ReadChain(mem *Memory, head uint16) (*Chain, error) {
 	// descriptor against it also stops loops.
 	for count := 0; ; count++ {
 		if count >= int(q.size) {
-			return nil, fmt.Errorf("chain at head %d longer than queue size %d: %w", head, q.size, ErrBrokenRing)
+			return fmt.Errorf("chain at head %d longer than queue size %d: %w", head, q.size, ErrBrokenRing)
 		}
 		d := readDesc(table, i)
 		if d.flags&DescFIndirect != 0 {
 			switch {
 			case !q.features.IndirectDesc:
-				return nil, fmt.Errorf("chain at head %d: indirect descriptor not negotiated: %w", head, ErrBrokenRing)
+				return fmt.Errorf("chain at head %d: indirect descriptor not negotiated: %w", head, ErrBrokenRing)
 			case indirect:
-				return nil, fmt.Errorf("chain at head %d: nested indirect table: %w", head, ErrBrokenRing)
+				return fmt.Errorf("chain at head %d: nested indirect table: %w", head, ErrBrokenRing)
 			case d.flags&DescFNext != 0:
-				return nil, fmt.Errorf("chain at head %d: indirect descriptor with NEXT: %w", head, ErrBrokenRing)
+				return fmt.Errorf("chain at head %d: indirect descriptor with NEXT: %w", head, ErrBrokenRing)
 			case d.len == 0 || d.len%DescSize != 0:
-				return nil, fmt.Errorf("chain at head %d: indirect table length %d: %w", head, d.len, ErrBrokenRing)
+				return fmt.Errorf("chain at head %d: indirect table length %d: %w", head, d.len, ErrBrokenRing)
 			}
 			t, err := mem.Slice(d.addr, uint64(d.len))
 			if err != nil {
-				return nil, fmt.Errorf("chain at head %d: indirect table: %w", head, err)
+				return fmt.Errorf("chain at head %d: indirect table: %w", head, err)
 			}
 			table, tableLen, indirect, i = t, d.len/DescSize, true, 0
 			continue
@@ -90,25 +101,25 @@ func (q *Queue) ReadChain(mem *Memory, head uint16) (*Chain, error) {
 			}
 		} else {
 			if len(c.Out) > 0 || outLen > 0 {
-				return nil, fmt.Errorf("chain at head %d: device-readable descriptor after a writable one: %w", head, ErrBrokenRing)
+				return fmt.Errorf("chain at head %d: device-readable descriptor after a writable one: %w", head, ErrBrokenRing)
 			}
 			inLen += uint64(d.len)
 			c.In, err = mem.Translate(c.In, d.addr, uint64(d.len))
 		}
 		if err != nil {
-			return nil, fmt.Errorf("chain at head %d: %w", head, err)
+			return fmt.Errorf("chain at head %d: %w", head, err)
 		}
 		if inLen > math.MaxUint32 || outLen > math.MaxUint32 {
-			return nil, fmt.Errorf("chain at head %d: more than 4 GiB of buffers: %w", head, ErrBrokenRing)
+			return fmt.Errorf("chain at head %d: more than 4 GiB of buffers: %w", head, ErrBrokenRing)
 		}
 		if d.flags&DescFNext == 0 {
 			break
 		}
 		if uint32(d.next) >= tableLen {
-			return nil, fmt.Errorf("chain at head %d: next %d out of range %d: %w", head, d.next, tableLen, ErrBrokenRing)
+			return fmt.Errorf("chain at head %d: next %d out of range %d: %w", head, d.next, tableLen, ErrBrokenRing)
 		}
 		i = uint32(d.next)
 	}
 	c.InLen, c.OutLen = uint32(inLen), uint32(outLen)
-	return c, nil
+	return nil
 }
