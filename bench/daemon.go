@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/govirtiofsd/govirtiofsd/internal/vhostfront"
+	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 )
 
@@ -55,6 +56,12 @@ type Daemon struct {
 	Unavailable string
 	// Note is printed under the table (the command line, caveats).
 	Note string
+	// QueueArgv, for a Vhost peer that can serve more than one request
+	// queue, returns the extra flags asking for n of them.
+	QueueArgv func(n int) []string
+	// queueLimit, once a connection showed that the peer serves fewer
+	// request queues than a job asked for, says so.
+	queueLimit string
 }
 
 // instance is a running peer serving one mount.
@@ -67,8 +74,11 @@ type instance struct {
 	done chan struct{} // closed when cmd has exited
 	err  error         // cmd.Wait result, valid after done
 	log  string        // path of the daemon's stdout+stderr
-	// front is the vhost-user front-end connected to a Vhost peer.
-	front *vhostfront.Frontend
+	// front is the vhost-user front-end connected to a Vhost peer, with
+	// queues request queues.
+	front  *vhostfront.Frontend
+	queues int
+	init   *fuse.InitOut // the peer's FUSE_INIT reply
 }
 
 // mountTimeout bounds how long a daemon may take to show up in mountinfo.
@@ -78,7 +88,7 @@ const mountTimeout = 20 * time.Second
 // that it listens on the socket mnt). logPath receives the daemon's output.
 // The returned instance is mounted and answered a stat of its root, or
 // (Vhost) is connected to the front-end and answered FUSE_INIT.
-func start(ctx context.Context, d *Daemon, argv []string, shared, mnt, logPath string) (*instance, error) {
+func start(ctx context.Context, d *Daemon, argv []string, shared, mnt, logPath string, queues int) (*instance, error) {
 	if d.Native {
 		return &instance{d: d, root: shared}, nil
 	}
@@ -106,7 +116,7 @@ func start(ctx context.Context, d *Daemon, argv []string, shared, mnt, logPath s
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	inst := &instance{d: d, root: mnt, pid: cmd.Process.Pid, cmd: cmd, done: make(chan struct{}), log: logPath}
+	inst := &instance{d: d, root: mnt, pid: cmd.Process.Pid, cmd: cmd, done: make(chan struct{}), log: logPath, queues: queues}
 	go func() {
 		inst.err = cmd.Wait()
 		close(inst.done)
@@ -118,6 +128,10 @@ func start(ctx context.Context, d *Daemon, argv []string, shared, mnt, logPath s
 	}
 	if err := ready(ctx, mnt); err != nil {
 		inst.stop()
+		if qe := (*queuesError)(nil); errors.As(err, &qe) {
+			d.queueLimit = qe.msg // the same for every job that needs more
+			return nil, err
+		}
 		return nil, fmt.Errorf("%w%s", err, logTail(logPath))
 	}
 	return inst, nil

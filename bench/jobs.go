@@ -24,6 +24,10 @@ type Row struct {
 	// relative to (the best of them).
 	Transport Transport `json:"transport"`
 	Ref       []string  `json:"ref"`
+	// RefRow, when set, names the row whose reference cells the ratios
+	// of this row are taken from (a variant no reference peer can run,
+	// e.g. 2 request queues: compared with the reference on 1).
+	RefRow string `json:"ref_row,omitempty"`
 	// noValue says why a peer has no number for this row when the job
 	// ran fine but did not measure it (e.g. the RSS of native).
 	noValue string
@@ -38,6 +42,22 @@ type Env struct {
 	inst  *instance
 	front *vhostfront.Frontend // Vhost peers: the connected front-end
 	abort func()               // unblocks syscalls on a hung mount; nil for native
+
+	shared string          // the shared tree on the host
+	rows   map[string]bool // rows of the job selected by -rows
+}
+
+// want reports whether the job's row name is selected (-rows), so that a
+// job measuring several rows can skip the work of the others.
+func (e *Env) want(name string) bool { return e.rows == nil || e.rows[name] }
+
+// dropCaches drops the host's caches in the middle of a job (not with
+// -drop=false).
+func (e *Env) dropCaches() error {
+	if e.Cfg.NoDropCaches {
+		return nil
+	}
+	return dropCaches(e.shared)
 }
 
 // job is one workload; it fills one or more rows per sample.
@@ -50,6 +70,8 @@ type job struct {
 	cold bool
 	// restart: start the peer with Daemon.RestartArgv.
 	restart bool
+	// queues: Vhost jobs: request queues to set up (0 = 1).
+	queues int
 	// run measures; it returns one value per row it measured. Rows it
 	// leaves out are n/a for this peer (Row.noValue says why).
 	run func(ctx context.Context, e *Env) (map[string]float64, error)

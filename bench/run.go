@@ -280,7 +280,18 @@ func (r *runner) runJob(ctx context.Context, j *job, peers []*Daemon) {
 			}
 			rr.Cells = append(rr.Cells, c)
 		}
-		setRatios(&rr)
+		src := &rr
+		if row.RefRow != "" {
+			src = nil
+			for i := range r.res.Rows {
+				if r.res.Rows[i].Name == row.RefRow {
+					src = &r.res.Rows[i]
+				}
+			}
+		}
+		if src != nil {
+			setRatiosFrom(&rr, src)
+		}
 		r.res.Rows = append(r.res.Rows, rr)
 	}
 }
@@ -332,6 +343,9 @@ func (r *runner) skip(j *job, p *Daemon) string {
 			return "cannot restart without losing the mount"
 		}
 	}
+	if j.queues > 1 && p.queueLimit != "" {
+		return p.queueLimit
+	}
 	if j.cold && !r.canDrop {
 		return "cannot drop caches (not root?)"
 	}
@@ -366,11 +380,22 @@ func (r *runner) sample(ctx context.Context, j *job, p *Daemon) (map[string]floa
 		}
 	}
 	logPath := filepath.Join(r.cfg.OutDir, "daemon-"+p.Name+".log")
-	inst, err := start(ctx, p, argv, r.shared, where, logPath)
+	if j.queues > 1 && p.QueueArgv != nil {
+		argv = append(argv, p.QueueArgv(j.queues)...)
+	}
+	inst, err := start(ctx, p, argv, r.shared, where, logPath, max(1, j.queues))
+	if qe := (*queuesError)(nil); errors.As(err, &qe) {
+		return nil, qe
+	}
 	if err != nil {
 		return nil, &startError{err}
 	}
-	env := &Env{Root: inst.root, PID: inst.pid, Cfg: r.cfg, inst: inst, front: inst.front}
+	env := &Env{Root: inst.root, PID: inst.pid, Cfg: r.cfg, inst: inst, front: inst.front, shared: r.shared, rows: map[string]bool{}}
+	for _, row := range j.rows {
+		if r.cfg.Rows == nil || r.cfg.Rows.MatchString(row.Name) {
+			env.rows[row.Name] = true
+		}
+	}
 	if p.KeepsState {
 		env.State = state
 	}
@@ -464,10 +489,14 @@ func stats(v []float64) (median, lo, hi float64) {
 
 // setRatios sets each cell's ratio to the best of the row's reference
 // peers.
-func setRatios(rr *RowResult) {
+func setRatios(rr *RowResult) { setRatiosFrom(rr, rr) }
+
+// setRatiosFrom sets rr's ratios to the best reference cell of src (a
+// row with the same unit: rr itself, or the row named by rr.RefRow).
+func setRatiosFrom(rr, src *RowResult) {
 	var rc *Cell
-	for i := range rr.Cells {
-		c := &rr.Cells[i]
+	for i := range src.Cells {
+		c := &src.Cells[i]
 		if !slices.Contains(rr.Ref, c.Peer) || !c.OK() {
 			continue
 		}

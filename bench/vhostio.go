@@ -23,6 +23,7 @@ const (
 	opMkdir      = 9
 	opRmdir      = 11
 	opWrite      = 16
+	opFsync      = 20
 	opCreate     = 35
 	opReleasedir = vhostfront.OpReleasedir
 )
@@ -51,7 +52,12 @@ func decodeInto[T any](body []byte, v *T) error {
 // call sends one request on the first request queue and turns a FUSE error
 // status into an error.
 func call(f *vhostfront.Frontend, what string, op uint32, node uint64, arg, payload []byte, outLen int) ([]byte, error) {
-	r, err := f.FUSE(vhostfront.RequestQueue, op, node, arg, payload, outLen)
+	return callQ(f, vhostfront.RequestQueue, what, op, node, arg, payload, outLen)
+}
+
+// callQ is call on queue qi.
+func callQ(f *vhostfront.Frontend, qi int, what string, op uint32, node uint64, arg, payload []byte, outLen int) ([]byte, error) {
+	r, err := f.FUSE(qi, op, node, arg, payload, outLen)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}
@@ -62,6 +68,35 @@ func call(f *vhostfront.Frontend, what string, op uint32, node uint64, arg, payl
 }
 
 func cstr(s string) []byte { return append([]byte(s), 0) }
+
+// queue is the request queue of the job's request i: requests are spread
+// round-robin over the request queues the front-end set up.
+func (e *Env) queue(i int) int {
+	n := 1
+	if e.inst != nil && e.inst.queues > 1 {
+		n = e.inst.queues
+	}
+	return vhostfront.RequestQueue + i%n
+}
+
+func lookupQ(f *vhostfront.Frontend, qi int, parent uint64, name string) (*fuse.EntryOut, error) {
+	body, err := callQ(f, qi, "LOOKUP "+name, vhostfront.OpLookup, parent, nil, cstr(name), int(unsafe.Sizeof(fuse.EntryOut{})))
+	if err != nil {
+		return nil, err
+	}
+	var out fuse.EntryOut
+	return &out, decodeInto(body, &out)
+}
+
+func getattrQ(f *vhostfront.Frontend, qi int, node uint64) (*fuse.AttrOut, error) {
+	var in fuse.GetAttrIn
+	body, err := callQ(f, qi, fmt.Sprintf("GETATTR %d", node), vhostfront.OpGetattr, node, argOf(&in), nil, int(unsafe.Sizeof(fuse.AttrOut{})))
+	if err != nil {
+		return nil, err
+	}
+	var out fuse.AttrOut
+	return &out, decodeInto(body, &out)
+}
 
 func lookupPath(f *vhostfront.Frontend, names ...string) (uint64, error) {
 	node := uint64(fuse.FUSE_ROOT_ID)
@@ -96,18 +131,19 @@ func release(f *vhostfront.Frontend, op uint32, node, fh uint64) error {
 
 // vhostCreateJob: per op CREATE, RELEASE and UNLINK of a new file (and a
 // FORGET of its nodeid), then per op MKDIR and RMDIR (and FORGET).
-func vhostCreateJob(cfg *Config, depth int) *job {
+func vhostCreateJob(cfg *Config, depth, nq int) *job {
 	n := count(cfg.Files)
-	s := fmt.Sprintf("-d%d", depth)
+	s := vsuf(nq, depth)
+	qd := queuesDesc(nq)
 	return &job{
-		name: "vhost-create" + s, parts: partCreate, transports: []Transport{Vhost},
+		name: "vhost-create" + s, parts: partCreate, transports: []Transport{Vhost}, queues: nq,
 		cleanup: func(shared string) error { return emptyDir(shared + "/create") },
-		rows: []Row{
+		rows: keepRows([]Row{
 			{Name: "vhost-create-unlink" + s, Unit: "files/s", HigherBetter: true,
-				Desc: fmt.Sprintf("CREATE+RELEASE+UNLINK (+FORGET) of %s files, %d in flight", n, depth)},
+				Desc: fmt.Sprintf("CREATE+RELEASE+UNLINK (+FORGET) of %s files, %d in flight%s", n, depth, qd)},
 			{Name: "vhost-mkdir-rmdir" + s, Unit: "dirs/s", HigherBetter: true,
-				Desc: fmt.Sprintf("MKDIR+RMDIR (+FORGET) of %s directories, %d in flight", n, depth)},
-		},
+				Desc: fmt.Sprintf("MKDIR+RMDIR (+FORGET) of %s directories, %d in flight%s", n, depth, qd)},
+		}, nq, "vhost-create-unlink"+s),
 		run: func(ctx context.Context, e *Env) (map[string]float64, error) {
 			f := e.front
 			dir, err := lookupPath(f, "create")
@@ -117,8 +153,9 @@ func vhostCreateJob(cfg *Config, depth int) *job {
 			cnt := e.Cfg.Files
 			_, el, err := drive(ctx, depth, cnt, func(i int) error {
 				name := cstr(statName(i))
+				q := e.queue(i)
 				in := fuse.CreateIn{Flags: syscall.O_CREAT | syscall.O_EXCL | syscall.O_WRONLY, Mode: syscall.S_IFREG | 0o644}
-				body, err := call(f, "CREATE", opCreate, dir, argOf(&in), name, int(unsafe.Sizeof(fuse.CreateOut{})))
+				body, err := callQ(f, q, "CREATE", opCreate, dir, argOf(&in), name, int(unsafe.Sizeof(fuse.CreateOut{})))
 				if err != nil {
 					return err
 				}
@@ -126,10 +163,11 @@ func vhostCreateJob(cfg *Config, depth int) *job {
 				if err := decodeInto(body, &out); err != nil {
 					return err
 				}
-				if err := release(f, vhostfront.OpRelease, out.NodeId, out.Fh); err != nil {
+				rin := fuse.ReleaseIn{Fh: out.Fh}
+				if _, err := callQ(f, q, "RELEASE", vhostfront.OpRelease, out.NodeId, argOf(&rin), nil, 0); err != nil {
 					return err
 				}
-				if _, err := call(f, "UNLINK", opUnlink, dir, nil, name, 0); err != nil {
+				if _, err := callQ(f, q, "UNLINK", opUnlink, dir, nil, name, 0); err != nil {
 					return err
 				}
 				return f.Forget(out.NodeId, 1)
@@ -138,6 +176,9 @@ func vhostCreateJob(cfg *Config, depth int) *job {
 				return nil, err
 			}
 			res := map[string]float64{"vhost-create-unlink" + s: float64(cnt) / el.Seconds()}
+			if !e.want("vhost-mkdir-rmdir" + s) {
+				return res, nil
+			}
 			_, el, err = drive(ctx, depth, cnt, func(i int) error {
 				name := cstr(statName(i))
 				in := fuse.MkdirIn{Mode: 0o755}
@@ -248,24 +289,28 @@ func parseDirentPlus(b []byte) (n int, lastOff uint64, err error) {
 }
 
 // vhostIOJob: READ and WRITE through a file handle at depth requests in
-// flight: 4 KiB at distinct random offsets of the -size file (read on a
-// fresh daemon after drop_caches; written into a new file of that size),
-// then 1 MiB sequential reads of the whole file.
-func vhostIOJob(cfg *Config, depth int) *job {
-	s := fmt.Sprintf("-d%d", depth)
+// flight over nq request queues: 4 KiB at distinct random offsets of the
+// -size file (read on a fresh daemon after drop_caches; written into a new
+// file of that size), then 1 MiB sequential reads of the whole file, and
+// 1 MiB sequential writes of a new file of that size.
+func vhostIOJob(cfg *Config, depth, nq int) *job {
+	s := vsuf(nq, depth)
+	qd := queuesDesc(nq)
 	sz := bytesStr(cfg.Size)
 	return &job{
-		name: "vhost-io" + s, parts: partData | partCreate, cold: true, transports: []Transport{Vhost},
+		name: "vhost-io" + s, parts: partData | partCreate, cold: true, transports: []Transport{Vhost}, queues: nq,
 		cleanup: func(shared string) error { return emptyDir(shared + "/create") },
-		rows: []Row{
+		rows: keepRows([]Row{
 			{Name: "vhost-read-4k" + s, Unit: "ops/s", HigherBetter: true,
-				Desc: fmt.Sprintf("READ of 4 KiB at %d distinct random offsets of the %s file, %d in flight, fresh daemon after drop_caches", cfg.RandReads, sz, depth)},
+				Desc: fmt.Sprintf("READ of 4 KiB at %d distinct random offsets of the %s file, %d in flight%s, fresh daemon after drop_caches", cfg.RandReads, sz, depth, qd)},
 			{Name: "vhost-read-4k" + s + "-p99", Unit: "µs", Desc: "p99 latency of those READs"},
 			{Name: "vhost-write-4k" + s, Unit: "ops/s", HigherBetter: true,
 				Desc: fmt.Sprintf("WRITE of 4 KiB at %d distinct random offsets of a new %s file, %d in flight", cfg.RandReads, sz, depth)},
 			{Name: "vhost-read-seq" + s, Unit: "MiB/s", HigherBetter: true,
 				Desc: fmt.Sprintf("READ of the whole %s file in 1 MiB requests, %d in flight", sz, depth)},
-		},
+			{Name: "vhost-write-seq" + s, Unit: "MiB/s", HigherBetter: true,
+				Desc: fmt.Sprintf("WRITE of a new %s file in 1 MiB requests (the peer's max_write if smaller), %d in flight, then FSYNC, timed to its reply", sz, depth)},
+		}, nq, "vhost-read-4k"+s, "vhost-read-4k"+s+"-p99"),
 		run: func(ctx context.Context, e *Env) (map[string]float64, error) {
 			f := e.front
 			node, err := lookupPath(f, "data", "seq.dat")
@@ -290,85 +335,138 @@ func vhostIOJob(cfg *Config, depth int) *job {
 				}
 			}
 			out := map[string]float64{}
-			lat, el, err := drive(ctx, depth, k, func(i int) error {
-				in := fuse.ReadIn{Fh: fh, Offset: uint64(perm[i]), Size: page}
-				body, err := call(f, "READ", vhostfront.OpRead, node, argOf(&in), nil, page)
+			if e.want("vhost-read-4k"+s) || e.want("vhost-read-4k"+s+"-p99") {
+				lat, el, err := drive(ctx, depth, k, func(i int) error {
+					in := fuse.ReadIn{Fh: fh, Offset: uint64(perm[i]), Size: page}
+					body, err := callQ(f, e.queue(i), "READ", vhostfront.OpRead, node, argOf(&in), nil, page)
+					if err != nil {
+						return err
+					}
+					if len(body) != page {
+						return fmt.Errorf("READ at %d: %d bytes", perm[i], len(body))
+					}
+					want := make([]byte, 16)
+					fill(want, perm[i])
+					if string(body[:16]) != string(want) {
+						return fmt.Errorf("READ at %d: wrong data", perm[i])
+					}
+					return nil
+				})
 				if err != nil {
-					return err
+					return nil, err
 				}
-				if len(body) != page {
-					return fmt.Errorf("READ at %d: %d bytes", perm[i], len(body))
-				}
-				want := make([]byte, 16)
-				fill(want, perm[i])
-				if string(body[:16]) != string(want) {
-					return fmt.Errorf("READ at %d: wrong data", perm[i])
-				}
-				return nil
-			})
-			if err != nil {
-				return nil, err
+				out["vhost-read-4k"+s] = float64(k) / el.Seconds()
+				out["vhost-read-4k"+s+"-p99"] = percentileUS(lat, 0.99)
 			}
-			out["vhost-read-4k"+s] = float64(k) / el.Seconds()
-			out["vhost-read-4k"+s+"-p99"] = percentileUS(lat, 0.99)
 
 			const chunk = 1 << 20
-			nchunks := int((size + chunk - 1) / chunk)
-			_, el, err = drive(ctx, depth, nchunks, func(i int) error {
-				off := int64(i) * chunk
-				want := min(chunk, size-off)
-				in := fuse.ReadIn{Fh: fh, Offset: uint64(off), Size: uint32(want)}
-				body, err := call(f, "READ", vhostfront.OpRead, node, argOf(&in), nil, int(want))
+			if e.want("vhost-read-seq" + s) {
+				nchunks := int((size + chunk - 1) / chunk)
+				_, el, err := drive(ctx, depth, nchunks, func(i int) error {
+					off := int64(i) * chunk
+					want := min(chunk, size-off)
+					in := fuse.ReadIn{Fh: fh, Offset: uint64(off), Size: uint32(want)}
+					body, err := callQ(f, e.queue(i), "READ", vhostfront.OpRead, node, argOf(&in), nil, int(want))
+					if err != nil {
+						return err
+					}
+					if int64(len(body)) != want {
+						return fmt.Errorf("READ at %d: %d bytes, want %d", off, len(body), want)
+					}
+					return nil
+				})
 				if err != nil {
-					return err
+					return nil, err
 				}
-				if int64(len(body)) != want {
-					return fmt.Errorf("READ at %d: %d bytes, want %d", off, len(body), want)
-				}
-				return nil
-			})
-			if err != nil {
-				return nil, err
+				out["vhost-read-seq"+s] = float64(size) / (1 << 20) / el.Seconds()
 			}
-			out["vhost-read-seq"+s] = float64(size) / (1 << 20) / el.Seconds()
 			if err := release(f, vhostfront.OpRelease, node, fh); err != nil {
 				return nil, err
+			}
+			if !e.want("vhost-write-4k"+s) && !e.want("vhost-write-seq"+s) {
+				return out, nil
 			}
 
 			dir, err := lookupPath(f, "create")
 			if err != nil {
 				return nil, err
 			}
-			cin := fuse.CreateIn{Flags: syscall.O_CREAT | syscall.O_RDWR, Mode: syscall.S_IFREG | 0o644}
-			body, err := call(f, "CREATE", opCreate, dir, argOf(&cin), cstr("w.dat"), int(unsafe.Sizeof(fuse.CreateOut{})))
-			if err != nil {
-				return nil, err
-			}
-			var co fuse.CreateOut
-			if err := decodeInto(body, &co); err != nil {
-				return nil, err
-			}
-			buf := make([]byte, page)
-			_, el, err = drive(ctx, depth, k, func(i int) error {
-				in := fuse.WriteIn{Fh: co.Fh, Offset: uint64(perm[i]), Size: page}
-				body, err := call(f, "WRITE", opWrite, co.NodeId, argOf(&in), buf, int(unsafe.Sizeof(fuse.WriteOut{})))
+			if e.want("vhost-write-4k" + s) {
+				co, err := createFile(f, dir, "w.dat")
 				if err != nil {
-					return err
+					return nil, err
 				}
-				var wo fuse.WriteOut
-				if err := decodeInto(body, &wo); err != nil {
-					return err
+				buf := make([]byte, page)
+				_, el, err := drive(ctx, depth, k, func(i int) error {
+					return writeAt(f, e.queue(i), co.NodeId, co.Fh, perm[i], buf)
+				})
+				if err != nil {
+					return nil, err
 				}
-				if wo.Size != page {
-					return fmt.Errorf("WRITE at %d: %d bytes written", perm[i], wo.Size)
+				out["vhost-write-4k"+s] = float64(k) / el.Seconds()
+				if err := release(f, vhostfront.OpRelease, co.NodeId, co.Fh); err != nil {
+					return nil, err
 				}
-				return nil
-			})
-			if err != nil {
-				return nil, err
 			}
-			out["vhost-write-4k"+s] = float64(k) / el.Seconds()
-			return out, release(f, vhostfront.OpRelease, co.NodeId, co.Fh)
+			if e.want("vhost-write-seq" + s) {
+				wchunk := int64(chunk)
+				if e.inst != nil && e.inst.init != nil && e.inst.init.MaxWrite > 0 {
+					wchunk = min(wchunk, int64(e.inst.init.MaxWrite))
+				}
+				buf := make([]byte, wchunk)
+				fill(buf, 0)
+				nchunks := int((size + wchunk - 1) / wchunk)
+				t0 := time.Now()
+				co, err := createFile(f, dir, "wseq.dat")
+				if err != nil {
+					return nil, err
+				}
+				_, _, err = drive(ctx, depth, nchunks, func(i int) error {
+					off := int64(i) * wchunk
+					return writeAt(f, e.queue(i), co.NodeId, co.Fh, off, buf[:min(wchunk, size-off)])
+				})
+				if err != nil {
+					return nil, err
+				}
+				fin := fuse.FsyncIn{Fh: co.Fh}
+				if _, err := call(f, "FSYNC", opFsync, co.NodeId, argOf(&fin), nil, 0); err != nil {
+					return nil, err
+				}
+				el := time.Since(t0)
+				out["vhost-write-seq"+s] = float64(size) / (1 << 20) / el.Seconds()
+				if err := release(f, vhostfront.OpRelease, co.NodeId, co.Fh); err != nil {
+					return nil, err
+				}
+			}
+			return out, nil
 		},
 	}
+}
+
+// createFile sends CREATE (O_RDWR) of name in dir.
+func createFile(f *vhostfront.Frontend, dir uint64, name string) (*fuse.CreateOut, error) {
+	cin := fuse.CreateIn{Flags: syscall.O_CREAT | syscall.O_RDWR, Mode: syscall.S_IFREG | 0o644}
+	body, err := call(f, "CREATE "+name, opCreate, dir, argOf(&cin), cstr(name), int(unsafe.Sizeof(fuse.CreateOut{})))
+	if err != nil {
+		return nil, err
+	}
+	var co fuse.CreateOut
+	return &co, decodeInto(body, &co)
+}
+
+// writeAt sends one WRITE of data at off on queue qi and checks the count.
+func writeAt(f *vhostfront.Frontend, qi int, node, fh uint64, off int64, data []byte) error {
+	in := fuse.WriteIn{Fh: fh, Offset: uint64(off), Size: uint32(len(data))}
+	body, err := callQ(f, qi, "WRITE", opWrite, node, argOf(&in), data, int(unsafe.Sizeof(fuse.WriteOut{})))
+	if err != nil {
+		return err
+	}
+	var wo fuse.WriteOut
+	if err := decodeInto(body, &wo); err != nil {
+		return err
+	}
+	if int(wo.Size) != len(data) {
+		return fmt.Errorf("WRITE at %d: %d of %d bytes written", off, wo.Size, len(data))
+	}
+	return nil
 }
