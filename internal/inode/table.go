@@ -241,7 +241,7 @@ func (t *Table) OpenFDs() int {
 
 // Statx stats fd itself (never following a symlink) with the table's mask.
 func Statx(fd int, st *unix.Statx_t) error {
-	return unix.Statx(fd, "", unix.AT_EMPTY_PATH|unix.AT_SYMLINK_NOFOLLOW|unix.AT_STATX_SYNC_AS_STAT, statxMask, st)
+	return statxFD(fd, unix.AT_EMPTY_PATH|unix.AT_SYMLINK_NOFOLLOW|unix.AT_STATX_SYNC_AS_STAT, statxMask, st)
 }
 
 // Stat stats node id (not following a symlink) and returns the persistent
@@ -257,7 +257,7 @@ func (t *Table) Stat(id NodeID, st *unix.Statx_t) (mount uint32, err error) {
 	}
 	if rec, err := t.st().Get(id); err == nil && rec.Parent != 0 && rec.Name != "" {
 		if parent := t.cached(rec.Parent); parent != nil {
-			err := unix.Statx(parent.fd, rec.Name, unix.AT_SYMLINK_NOFOLLOW|unix.AT_STATX_SYNC_AS_STAT, statxMask, st)
+			err := StatxAt(parent.fd, rec.Name, unix.AT_SYMLINK_NOFOLLOW|unix.AT_STATX_SYNC_AS_STAT, statxMask, st)
 			parent.Release()
 			if err == nil && st.Ino == rec.Ino && uint32(st.Mode)&unix.S_IFMT == rec.Type {
 				if idx, ok := t.MountIndex(st); ok && idx == rec.Mount {
@@ -354,7 +354,7 @@ func staleIfGone(err error) error {
 // following a final symlink. name must be a single component (the caller
 // validated it).
 func openChild(dirfd int, name string) (int, error) {
-	return unix.Openat(dirfd, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	return Openat(dirfd, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 }
 
 // Lookup resolves name in parent: it opens the child with O_PATH|O_NOFOLLOW,
@@ -466,7 +466,7 @@ type Entry struct {
 // checks the file is still the one recorded. name must be a validated
 // single component other than "." and "..".
 func (t *Table) LookupStat(parent *Node, name string, st *unix.Statx_t) (Entry, error) {
-	if err := unix.Statx(parent.fd, name, unix.AT_SYMLINK_NOFOLLOW|unix.AT_STATX_SYNC_AS_STAT, statxMask, st); err != nil {
+	if err := StatxAt(parent.fd, name, unix.AT_SYMLINK_NOFOLLOW|unix.AT_STATX_SYNC_AS_STAT, statxMask, st); err != nil {
 		return Entry{}, err
 	}
 	t.mounts.mu.RLock()
@@ -627,7 +627,8 @@ func (t *Table) insertCache(n *Node) *Node {
 	t.byKey[inoKey{n.Mount.Index, n.Ino}] = n
 	n.ringIdx = len(t.ring)
 	t.ring = append(t.ring, n)
-	evicted := t.evictLocked()
+	var buf [4]*Node
+	evicted := t.evictLocked(buf[:0])
 	t.mu.Unlock()
 	for _, e := range evicted {
 		e.Release()
@@ -636,10 +637,11 @@ func (t *Table) insertCache(n *Node) *Node {
 }
 
 // evictLocked runs the CLOCK hand until the cache is within bounds and
-// returns the nodes whose cache reference the caller must drop (outside
-// t.mu: the last release closes an fd).
-func (t *Table) evictLocked() []*Node {
-	var out []*Node
+// appends to out the nodes whose cache reference the caller must drop
+// (outside t.mu: the last release closes an fd). One insert evicts at most
+// one node in the steady state, so a small out on the caller's stack
+// saves an allocation per insert.
+func (t *Table) evictLocked(out []*Node) []*Node {
 	for scans := 0; len(t.ring) > t.opts.MaxOpenFDs && scans < 2*len(t.ring)+2; scans++ {
 		if t.hand >= len(t.ring) {
 			t.hand = 0
@@ -684,7 +686,7 @@ func (t *Table) Forget(id NodeID, nlookup uint64) {
 // can be re-found by.
 func (t *Table) Moved(newParent *Node, name string) {
 	var st unix.Statx_t
-	if err := unix.Statx(newParent.fd, name, unix.AT_SYMLINK_NOFOLLOW, statxMask, &st); err != nil {
+	if err := StatxAt(newParent.fd, name, unix.AT_SYMLINK_NOFOLLOW, statxMask, &st); err != nil {
 		return
 	}
 	t.mounts.mu.RLock()
@@ -715,7 +717,7 @@ func (t *Table) ParentOf(n *Node) (*Node, string, error) {
 		return nil, "", err
 	}
 	var st unix.Statx_t
-	if err := unix.Statx(parent.fd, rec.Name, unix.AT_SYMLINK_NOFOLLOW, unix.STATX_INO, &st); err != nil || st.Ino != n.Ino {
+	if err := StatxAt(parent.fd, rec.Name, unix.AT_SYMLINK_NOFOLLOW, unix.STATX_INO, &st); err != nil || st.Ino != n.Ino {
 		parent.Release()
 		return nil, "", fmt.Errorf("nodeid %d is no longer %q in nodeid %d: %w", n.ID, rec.Name, rec.Parent, unix.ESTALE)
 	}

@@ -162,7 +162,7 @@ func (fs *FS) truncate(n *inode.Node, f *file, size uint64) error {
 		}
 		return unix.EINVAL
 	}
-	fd, err := unix.Open(procPath(n.FD()), unix.O_WRONLY|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	fd, err := inode.Reopen(n.FD(), unix.O_WRONLY|unix.O_CLOEXEC|unix.O_NONBLOCK)
 	if err != nil {
 		return err
 	}

@@ -70,7 +70,7 @@ func (fs *FS) Mkdir(cancel <-chan struct{}, in *fuse.MkdirIn, name string, out *
 	}
 	defer parent.Release()
 	err := fs.asCaller(&in.InHeader, func() error {
-		return unix.Mkdirat(parent.FD(), name, in.Mode)
+		return inode.Mkdirat(parent.FD(), name, in.Mode)
 	})
 	if err != nil {
 		return errno(err)
@@ -146,8 +146,8 @@ func (fs *FS) remove(h *fuse.InHeader, name string, flags int) fuse.Status {
 	}
 	defer parent.Release()
 	var sx unix.Statx_t
-	known := unix.Statx(parent.FD(), name, unix.AT_SYMLINK_NOFOLLOW, unix.STATX_INO|unix.STATX_NLINK|unix.STATX_TYPE|unix.STATX_MNT_ID_UNIQUE, &sx) == nil
-	if err := unix.Unlinkat(parent.FD(), name, flags); err != nil {
+	known := inode.StatxAt(parent.FD(), name, unix.AT_SYMLINK_NOFOLLOW, unix.STATX_INO|unix.STATX_NLINK|unix.STATX_TYPE|unix.STATX_MNT_ID_UNIQUE, &sx) == nil
+	if err := inode.Unlinkat(parent.FD(), name, flags); err != nil {
 		return errno(err)
 	}
 	// The last name of a file is gone: so is its identity. (Open files

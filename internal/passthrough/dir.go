@@ -68,7 +68,7 @@ const dirOpenFlags = unix.O_RDONLY | unix.O_DIRECTORY | unix.O_CLOEXEC
 // openDirStream opens node n's directory for reading; it takes over the
 // caller's reference on n.
 func openDirStream(n *inode.Node) (*dirStream, error) {
-	fd, err := unix.Open(procPath(n.FD()), dirOpenFlags, 0)
+	fd, err := inode.Reopen(n.FD(), dirOpenFlags)
 	if err != nil {
 		return nil, err
 	}
@@ -265,7 +265,7 @@ func (fs *FS) direntIno(dir *inode.Node, name string, typ uint8, hostIno uint64)
 		return fs.inodeNumber(dir.Mount.Index, hostIno)
 	}
 	var sx unix.Statx_t
-	if err := unix.Statx(dir.FD(), name, unix.AT_SYMLINK_NOFOLLOW, unix.STATX_INO|unix.STATX_MNT_ID_UNIQUE, &sx); err != nil {
+	if err := inode.StatxAt(dir.FD(), name, unix.AT_SYMLINK_NOFOLLOW, unix.STATX_INO|unix.STATX_MNT_ID_UNIQUE, &sx); err != nil {
 		return fs.inodeNumber(dir.Mount.Index, hostIno)
 	}
 	if idx, ok := fs.nodes.MountIndex(&sx); ok {

@@ -164,7 +164,7 @@ func (fs *FS) reopen(n *inode.Node, flags int) (int, fuse.Status) {
 	case n.IsDir() && flags&unix.O_ACCMODE != unix.O_RDONLY:
 		return -1, fuse.Status(unix.EISDIR)
 	}
-	fd, err := unix.Open(procPath(n.FD()), flags, 0)
+	fd, err := inode.Reopen(n.FD(), flags)
 	if err != nil {
 		return -1, errno(err)
 	}
@@ -181,7 +181,7 @@ func (fs *FS) Create(cancel <-chan struct{}, in *fuse.CreateIn, name string, out
 	flags := fs.openFlags(in.Flags) | unix.O_CREAT | unix.O_NOFOLLOW | int(in.Flags)&unix.O_EXCL
 	var fd int
 	err := fs.asCaller(&in.InHeader, func() (err error) {
-		fd, err = unix.Openat(parent.FD(), name, flags, in.Mode)
+		fd, err = inode.Openat(parent.FD(), name, flags, in.Mode)
 		return err
 	})
 	if err != nil {

@@ -133,8 +133,10 @@ type FS struct {
 	openFiles *openfiles.Table
 
 	// suppGroups holds the supplementary groups of create requests in
-	// flight, by unique (see SetSuppGroups).
-	suppGroups sync.Map
+	// flight, by unique (see SetSuppGroups); suppPending counts them, so
+	// a request finds none without a map lookup (which boxes its key).
+	suppGroups  sync.Map
+	suppPending atomic.Int32
 
 	// warnState rate-limits warnings about the state directory.
 	warnState rateLimited
@@ -284,8 +286,11 @@ func checkNewName(name string) fuse.Status {
 // asCaller runs f with the caller's filesystem credentials (and the
 // supplementary group the kernel sent with a create, if any).
 func (fs *FS) asCaller(h *fuse.InHeader, f func() error) error {
-	groups, _ := fs.suppGroups.Load(h.Unique)
-	g, _ := groups.([]uint32)
+	var g []uint32
+	if fs.suppPending.Load() != 0 {
+		groups, _ := fs.suppGroups.Load(h.Unique)
+		g, _ = groups.([]uint32)
+	}
 	if h.Uid == fs.daemonUID && h.Gid == fs.daemonGID && g == nil {
 		return f()
 	}
@@ -300,8 +305,12 @@ func (fs *FS) asCaller(h *fuse.InHeader, f func() error) error {
 // SetSuppGroups is told by the engine which supplementary groups a create
 // request carries (FUSE_CREATE_SUPP_GROUP).
 func (fs *FS) SetSuppGroups(unique uint64, groups []uint32) (done func()) {
+	fs.suppPending.Add(1)
 	fs.suppGroups.Store(unique, groups)
-	return func() { fs.suppGroups.Delete(unique) }
+	return func() {
+		fs.suppGroups.Delete(unique)
+		fs.suppPending.Add(-1)
+	}
 }
 
 func procPath(fd int) string { return fmt.Sprintf("/proc/self/fd/%d", fd) }
