@@ -37,6 +37,7 @@ type Config struct {
 	GovirtiofsdBin  string   // prebuilt govirtiofsd; "" = go build
 	LoopbackBin     string   // prebuilt loopback; "" = go build
 	GovirtiofsdArgs []string // extra flags for both govirtiofsd peers
+	Replay          string   // recording for the vhost-replay rows; "" = none
 
 	Log *slog.Logger
 }

@@ -28,6 +28,8 @@ type Row struct {
 	// of this row are taken from (a variant no reference peer can run,
 	// e.g. 2 request queues: compared with the reference on 1).
 	RefRow string `json:"ref_row,omitempty"`
+	// NoRatio: the row is a count to read, not a performance to compare.
+	NoRatio bool `json:"no_ratio,omitempty"`
 	// noValue says why a peer has no number for this row when the job
 	// ran fine but did not measure it (e.g. the RSS of native).
 	noValue string

@@ -494,6 +494,9 @@ func setRatios(rr *RowResult) { setRatiosFrom(rr, rr) }
 // setRatiosFrom sets rr's ratios to the best reference cell of src (a
 // row with the same unit: rr itself, or the row named by rr.RefRow).
 func setRatiosFrom(rr, src *RowResult) {
+	if rr.NoRatio {
+		return
+	}
 	var rc *Cell
 	for i := range src.Cells {
 		c := &src.Cells[i]

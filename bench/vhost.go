@@ -154,18 +154,38 @@ func (e *queuesError) Error() string { return e.msg }
 // connect waits for the daemon's socket, connects the front-end and
 // sends FUSE_INIT.
 func (in *instance) connect(ctx context.Context, sock string) error {
+	f, err := in.dial(ctx, sock)
+	if err != nil {
+		return err
+	}
+	out, st, err := f.Init(vhostInitFlags)
+	if err == nil && !st.Ok() {
+		err = fmt.Errorf("FUSE_INIT: %v", st)
+	}
+	if err != nil {
+		f.Close()
+		return err
+	}
+	in.init = out
+	in.front = f
+	return nil
+}
+
+// dial waits for the daemon's socket and connects the front-end with
+// in.queues request queues (no FUSE_INIT yet).
+func (in *instance) dial(ctx context.Context, sock string) (*vhostfront.Frontend, error) {
 	deadline := time.Now().Add(mountTimeout)
 	for {
 		select {
 		case <-in.done:
-			return fmt.Errorf("daemon exited before listening: %v", in.err)
+			return nil, fmt.Errorf("daemon exited before listening: %v", in.err)
 		default:
 		}
 		if st, err := os.Stat(sock); err == nil && st.Mode()&os.ModeSocket != 0 {
 			break
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("no socket at %s after %v", sock, mountTimeout)
+			return nil, fmt.Errorf("no socket at %s after %v", sock, mountTimeout)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
@@ -186,27 +206,17 @@ func (in *instance) connect(ctx context.Context, sock string) error {
 		if errors.Is(err, syscall.ECONNREFUSED) && time.Now().Before(deadline) {
 			select {
 			case <-in.done:
-				return fmt.Errorf("daemon exited before listening: %v", in.err)
+				return nil, fmt.Errorf("daemon exited before listening: %v", in.err)
 			case <-time.After(5 * time.Millisecond):
 			}
 			continue
 		}
 		if in.queues > 1 && strings.Contains(err.Error(), "request queues wanted") {
-			return &queuesError{fmt.Sprintf("serves fewer than %d request queues (%v)", in.queues, strings.TrimPrefix(err.Error(), "vhostfront: "))}
+			return nil, &queuesError{fmt.Sprintf("serves fewer than %d request queues (%v)", in.queues, strings.TrimPrefix(err.Error(), "vhostfront: "))}
 		}
-		return fmt.Errorf("vhost-user setup: %w", err)
+		return nil, fmt.Errorf("vhost-user setup: %w", err)
 	}
-	out, st, err := f.Init(vhostInitFlags)
-	if err == nil && !st.Ok() {
-		err = fmt.Errorf("FUSE_INIT: %v", st)
-	}
-	if err != nil {
-		f.Close()
-		return err
-	}
-	in.init = out
-	in.front = f
-	return nil
+	return f, nil
 }
 
 // drive runs op(0…n-1) from depth goroutines, so that up to depth
@@ -540,6 +550,7 @@ func vhostJobs(cfg *Config) []*job {
 	}
 	// 2 request queues at 16 in flight (issue 5).
 	js = append(js, vhostMetaJob(cfg, 16, 2), vhostCreateJob(cfg, 16, 2), vhostIOJob(cfg, 16, 2))
+	js = append(js, vhostReplayJob(cfg))
 	js = append(js, vhostWalkJob("walk", partWalk, cfg.WalkFiles))
 	if cfg.BigWalkFiles > 0 {
 		js = append(js, vhostWalkJob("big", partBigWalk, cfg.BigWalkFiles))

@@ -55,6 +55,10 @@ func run(args []string) int {
 	drop := fl.Bool("drop", true, "drop the host's caches (echo 3 > /proc/sys/vm/drop_caches) before cold rows")
 	verbose := fl.Bool("v", false, "log every sample")
 	render := fl.String("render", "", "do not measure: print the table of this results.json and redraw its files into -out")
+	record := fl.String("record", "", "do not measure: record the FUSE requests of -record-script into this file (bench/README.md)")
+	recordScript := fl.String("record-script", "", "workload for -record (default bench/testdata/mixed-workload.sh of the module)")
+	recordPeer := fl.String("record-daemon", bench.PeerRust, "vhost peer that answers the requests -record records")
+	fl.StringVar(&cfg.Replay, "replay", "", "recording for the vhost-replay rows (default bench/testdata/mixed.rec.gz of the module)")
 	if err := fl.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -83,6 +87,34 @@ func run(args []string) int {
 		level = slog.LevelInfo
 	}
 	cfg.Log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	cfg.ModuleDir = moduleDir()
+	if cfg.Replay == "" && cfg.ModuleDir != "" {
+		cfg.Replay = filepath.Join(cfg.ModuleDir, "bench", "testdata", "mixed.rec.gz")
+	}
+	if *record != "" {
+		rc := bench.RecordConfig{Peer: *recordPeer, Govirtiofsd: cfg.GovirtiofsdBin, ModuleDir: cfg.ModuleDir, Script: *recordScript,
+			Out: *record, WorkDir: cfg.WorkDir, Log: cfg.Log}
+		if rc.Script == "" {
+			rc.Script = filepath.Join(cfg.ModuleDir, "bench", "testdata", "mixed-workload.sh")
+		}
+		out, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "github.com/hanwen/go-fuse/v2").Output()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "govirtiofsd-bench: go list go-fuse: %v\n", err)
+			return 1
+		}
+		rc.Source = strings.TrimSpace(string(out))
+		if err := bench.RecordWorkload(context.Background(), rc); err != nil {
+			fmt.Fprintf(os.Stderr, "govirtiofsd-bench: record: %v\n", err)
+			return 1
+		}
+		rec, err := bench.ReadRecording(*record)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "govirtiofsd-bench: %v\n", err)
+			return 1
+		}
+		fmt.Println(bench.RecordingSummary(rec))
+		return 0
+	}
 
 	var err error
 	if *rows != "" {
@@ -103,7 +135,6 @@ func run(args []string) int {
 	}
 	cfg.GovirtiofsdArgs = strings.Fields(*govArgs)
 	cfg.NoDropCaches = !*drop
-	cfg.ModuleDir = moduleDir()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
