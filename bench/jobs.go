@@ -47,6 +47,9 @@ type Env struct {
 
 	shared string          // the shared tree on the host
 	rows   map[string]bool // rows of the job selected by -rows
+	// details: text a job leaves per row (Cell.Detail), e.g. which
+	// syscalls make up a count.
+	details map[string]string
 }
 
 // want reports whether the job's row name is selected (-rows), so that a

@@ -78,3 +78,25 @@ func TestRecordingRoundTripAndMapping(t *testing.T) {
 		t.Errorf("testdata/mixed.rec.gz: %v", err)
 	}
 }
+
+func TestStraceParse(t *testing.T) {
+	for _, c := range []struct{ line, want string }{
+		{`1234 statx(5</var/tmp/x/stat>, "f0000001", AT_STATX_SYNC_AS_STAT|AT_SYMLINK_NOFOLLOW, STATX_ALL, {...}) = 0`, "statx(file)"},
+		{`1234 write(12<anon_inode:[eventfd]>, "\1\0\0\0\0\0\0\0", 8) = 8`, "write(eventfd)"},
+		{`77 epoll_pwait(4<anon_inode:[eventpoll]>, [], 128, 0, NULL, 0) = 0`, "epoll_pwait(epoll)"},
+		{`77 futex(0xc000100148, FUTEX_WAIT_PRIVATE, 0, NULL <unfinished ...>`, "futex"},
+		{`77 <... futex resumed>) = 0`, ""},
+		{`77 openat(AT_FDCWD</>, "/proc/self/fd", O_RDONLY) = 9</proc/1/fd>`, "openat"},
+		{`77 --- SIGURG {si_signo=SIGURG, si_code=SI_TKILL} ---`, ""},
+		{`77 +++ exited with 0 +++`, ""},
+		{`ppoll([{fd=5<anon_inode:[eventfd]>, events=POLLIN}], 2, NULL, NULL, 8) = 1`, "ppoll"},
+	} {
+		if got := straceCall(c.line); got != c.want {
+			t.Errorf("%s: %q, want %q", c.line, got, c.want)
+		}
+	}
+	total, s := syscallSummary(map[string]int{"statx(file)": 100, "write(eventfd)": 100, "futex": 1}, 100)
+	if total != 2.01 || s != "2.01 = 1.00 statx(file) + 1.00 write(eventfd) + 0.01 other" {
+		t.Errorf("summary %v %q", total, s)
+	}
+}

@@ -131,6 +131,19 @@ func WriteTable(w io.Writer, res *Result) {
 	for i, rr := range res.Rows {
 		fmt.Fprintf(w, "%d. %s: %s\n", i+1, rr.Name, rr.Desc)
 	}
+	for i, rr := range res.Rows {
+		first := true
+		for _, c := range rr.Cells {
+			if c.Detail == "" || !c.OK() {
+				continue
+			}
+			if first {
+				fmt.Fprintf(w, "\n%d. %s, per peer (last sample):\n", i+1, rr.Name)
+				first = false
+			}
+			fmt.Fprintf(w, "   - %s: %s\n", c.Peer, c.Detail)
+		}
+	}
 	if len(noteList) > 0 {
 		fmt.Fprintln(w, "\nn/a:")
 		for i, n := range noteList {

@@ -74,6 +74,9 @@ type Cell struct {
 	// DaemonCPU is the daemon's user+system CPU seconds during each sample
 	// of the job (10 ms resolution), on the job's first row only.
 	DaemonCPU []float64 `json:"daemon_cpu_s,omitempty"`
+	// Detail is what the job said about the number in its last sample
+	// (e.g. which syscalls a syscall count is made of).
+	Detail string `json:"detail,omitempty"`
 }
 
 // OK reports whether the cell has numbers.
@@ -197,6 +200,8 @@ type runner struct {
 	canDrop bool
 	res     *Result
 	starts  int
+	// details of the last sample (Env.details)
+	details map[string]string
 }
 
 // runJob runs one job: for each repetition, every peer once, the order
@@ -205,6 +210,7 @@ func (r *runner) runJob(ctx context.Context, j *job, peers []*Daemon) {
 	samples := make(map[string]map[string][]float64) // row → peer → samples
 	cpu := make(map[string][]float64)                // peer → daemon CPU s per sample
 	na := make(map[string]map[string]string)         // row → peer → reason
+	detail := make(map[string]map[string]string)     // row → peer → Cell.Detail
 	for _, row := range j.rows {
 		samples[row.Name] = map[string][]float64{}
 		na[row.Name] = map[string]string{}
@@ -247,6 +253,12 @@ func (r *runner) runJob(ctx context.Context, j *job, peers []*Daemon) {
 			if v, ok := vals[cpuKey]; ok {
 				cpu[p.Name] = append(cpu[p.Name], v)
 			}
+			for row, d := range r.details {
+				if detail[row] == nil {
+					detail[row] = map[string]string{}
+				}
+				detail[row][p.Name] = d
+			}
 			for _, row := range j.rows {
 				if v, ok := vals[row.Name]; ok {
 					samples[row.Name][p.Name] = append(samples[row.Name][p.Name], v)
@@ -266,7 +278,7 @@ func (r *runner) runJob(ctx context.Context, j *job, peers []*Daemon) {
 		}
 		rr := RowResult{Row: row}
 		for _, p := range peers {
-			c := Cell{Peer: p.Name, NA: na[row.Name][p.Name]}
+			c := Cell{Peer: p.Name, NA: na[row.Name][p.Name], Detail: detail[row.Name][p.Name]}
 			if ri == 0 && c.NA == "" {
 				c.DaemonCPU = cpu[p.Name]
 			}
@@ -403,6 +415,7 @@ func (r *runner) sample(ctx context.Context, j *job, p *Daemon) (map[string]floa
 		env.abort = inst.abort
 	}
 	vals, err := r.measure(ctx, j, env)
+	r.details = env.details
 	if serr := inst.stop(); serr != nil {
 		msg := fmt.Sprintf("%s: unclean stop after %s: %v", p.Name, j.name, serr)
 		r.log.Warn("unclean stop", "peer", p.Name, "job", j.name, "err", serr)

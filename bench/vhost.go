@@ -551,6 +551,7 @@ func vhostJobs(cfg *Config) []*job {
 	// 2 request queues at 16 in flight (issue 5).
 	js = append(js, vhostMetaJob(cfg, 16, 2), vhostCreateJob(cfg, 16, 2), vhostIOJob(cfg, 16, 2))
 	js = append(js, vhostReplayJob(cfg))
+	js = append(js, vhostSyscallsJob(cfg))
 	js = append(js, vhostWalkJob("walk", partWalk, cfg.WalkFiles))
 	if cfg.BigWalkFiles > 0 {
 		js = append(js, vhostWalkJob("big", partBigWalk, cfg.BigWalkFiles))

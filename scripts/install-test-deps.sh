@@ -9,7 +9,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 
 export DEBIAN_FRONTEND=noninteractive
 need=()
-for pkg in e2fsprogs attr findutils psmisc util-linux fio; do
+for pkg in e2fsprogs attr findutils psmisc util-linux fio strace; do
 	dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
