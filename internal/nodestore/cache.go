@@ -41,6 +41,16 @@ type cacheShard struct {
 type recEntry struct {
 	r    Record // r.ID == 0: empty
 	used bool   // CLOCK reference bit
+	hint ixHint // where r's reverse index entry is, if known
+}
+
+// ixHint is the position of a record's reverse index entry, so that Delete
+// can write the tombstone without probing for it. It is valid while the
+// store's index epoch is (epoch 0: no hint); see diskStore.hintTable.
+type ixHint struct {
+	epoch uint32
+	old   bool // in the old table of a running migration
+	pos   uint64
 }
 
 type inoEntry struct {
@@ -113,7 +123,10 @@ func (c *cache) get(id NodeID) (Record, bool) {
 	return Record{}, false
 }
 
-func (c *cache) putRec(r Record) {
+func (c *cache) putRec(r Record) { c.putRecHint(r, ixHint{}) }
+
+// putRecHint caches r with the position of its index entry.
+func (c *cache) putRecHint(r Record, hint ixHint) {
 	h := hashID(r.ID)
 	s := c.shard(h)
 	s.mu.Lock()
@@ -137,7 +150,42 @@ func (c *cache) putRec(r Record) {
 			return &set[i].used
 		})
 	}
-	set[victim] = recEntry{r: r}
+	set[victim] = recEntry{r: r, hint: hint}
+}
+
+// getHint returns the index position hint of id, if id is cached with one.
+func (c *cache) getHint(id NodeID) (ixHint, bool) {
+	h := hashID(id)
+	s := c.shard(h)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.recs == nil || id == 0 {
+		return ixHint{}, false
+	}
+	set := s.recSet(h)
+	for i := range set {
+		if set[i].r.ID == id {
+			return set[i].hint, set[i].hint.epoch != 0
+		}
+	}
+	return ixHint{}, false
+}
+
+// setHint sets (or with ixHint{} clears) the hint of id, if id is cached.
+func (c *cache) setHint(id NodeID, hint ixHint) {
+	h := hashID(id)
+	s := c.shard(h)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.recs == nil || id == 0 {
+		return
+	}
+	set := s.recSet(h)
+	for i := range set {
+		if set[i].r.ID == id {
+			set[i].hint = hint
+		}
+	}
 }
 
 // clockVictim picks a way: the first empty one, else the first whose

@@ -73,6 +73,9 @@ type diskStore struct {
 	prep       *preparedIndex // +checklocks:mu
 	prepFailed bool           // +checklocks:mu
 	migCrossed int            // +checklocks:mu
+	// ixEpoch changes whenever a table is created, opened or retired,
+	// which invalidates the cache's index position hints (ixHint).
+	ixEpoch uint32 // +checklocks:mu
 }
 
 const (
@@ -133,6 +136,7 @@ func openGen(dir string, opts Options, gen uint64) (*diskStore, error) {
 		cache:    newCache(cacheBytes),
 		migStep:  migrateStep,
 		reported: make(map[NodeID]struct{}),
+		ixEpoch:  1,
 	}
 	s.bufs.New = func() any { return new(slotBuf) }
 	s.gen = gen
@@ -411,11 +415,12 @@ func (s *diskStore) insertLocked(r Record, put *putSlot) (Record, error) {
 		return Record{}, err
 	}
 	k := inoKey{r.Mount, r.Ino}
+	var hint ixHint
 	var err error
 	if put != nil {
-		err = s.placeLocked(*put, r.ID)
+		hint, err = s.placeLocked(*put, r.ID)
 	} else {
-		err = s.indexPutLocked(k, r.ID)
+		hint, err = s.indexPutHintLocked(k, r.ID)
 	}
 	if err != nil {
 		s.zeroSlotLocked(r.ID)
@@ -429,7 +434,7 @@ func (s *diskStore) insertLocked(r Record, put *putSlot) (Record, error) {
 			return Record{}, err
 		}
 	}
-	s.cache.putRec(r)
+	s.cache.putRecHint(r, hint)
 	s.cache.putIno(k, r.ID)
 	return r, nil
 }
@@ -520,21 +525,28 @@ func (s *diskStore) Update(r Record) error {
 			return fmt.Errorf("nodestore: update nodeid %d: %w", r.ID, err)
 		}
 	}
+	hint, _ := s.cache.getHint(r.ID)
 	if err := s.writeRecordLocked(&r); err != nil {
 		s.cache.delRec(r.ID)
 		return fmt.Errorf("nodestore: update nodeid %d: %w", r.ID, err)
 	}
-	s.cache.putRec(r)
+	if tampered || oldK != newK {
+		s.cache.putRec(r)
+	} else {
+		s.cache.putRecHint(r, hint) // the index entry stays
+	}
 	if !tampered && oldK != newK {
 		s.cache.delIno(oldK, r.ID)
-		if err := s.indexDelLocked(oldK, r.ID); err != nil {
+		if err := s.indexDelHintLocked(oldK, r.ID, hint); err != nil {
 			return fmt.Errorf("nodestore: update nodeid %d: %w", r.ID, err)
 		}
 	}
 	if tampered || oldK != newK {
-		if err := s.indexPutLocked(newK, r.ID); err != nil {
+		hint, err := s.indexPutHintLocked(newK, r.ID)
+		if err != nil {
 			return fmt.Errorf("nodestore: update nodeid %d: %w", r.ID, err)
 		}
+		s.cache.setHint(r.ID, hint)
 	}
 	s.cache.putIno(newK, r.ID)
 	return nil
@@ -556,6 +568,7 @@ func (s *diskStore) Delete(id NodeID) error {
 			return fmt.Errorf("nodestore: delete nodeid %d: %w", id, err)
 		}
 	}
+	hint, _ := s.cache.getHint(id)
 	var zero [slotSize]byte
 	if err := pwriteFull(s.recFD, zero[:], int64(id)*slotSize); err != nil {
 		return fmt.Errorf("nodestore: delete nodeid %d: %w", id, err)
@@ -564,7 +577,7 @@ func (s *diskStore) Delete(id NodeID) error {
 	if !tampered {
 		k := inoKey{old.Mount, old.Ino}
 		s.cache.delIno(k, id)
-		if err := s.indexDelLocked(k, id); err != nil {
+		if err := s.indexDelHintLocked(k, id, hint); err != nil {
 			return fmt.Errorf("nodestore: delete nodeid %d: %w", id, err)
 		}
 	}

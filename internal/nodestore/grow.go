@@ -255,6 +255,7 @@ func (s *diskStore) startGrowLocked() error {
 	s.mig = m
 	s.prepFailed = false
 	s.ix, s.ixF = nix, f
+	s.ixEpoch++
 	m.win.reset(&s.ix)
 	return nil
 }
@@ -319,6 +320,7 @@ func (s *diskStore) stepMigrationLocked(budget uint64) error {
 		return err
 	}
 	s.mig = nil
+	s.ixEpoch++
 	m.oldF.Close()
 	os.Remove(m.oldF.Name())
 	return nil
@@ -469,5 +471,6 @@ func (s *diskStore) resumeMigration() error {
 	}
 	m.win.reset(&s.ix)
 	s.mig = m
+	s.ixEpoch++
 	return nil
 }

@@ -24,6 +24,7 @@ func (s *diskStore) createIndex(seq uint64, bits uint) error {
 	}
 	s.ixF = f
 	s.ix.fd, s.ix.bits, s.ix.live, s.ix.tombs = fd, bits, 0, 0
+	s.ixEpoch++
 	return nil
 }
 
@@ -228,8 +229,14 @@ func (s *diskStore) slotKeyLocked(id NodeID) (inoKey, error) {
 // of an older record with the same key. Needs s.mu held exclusively and
 // room in the index.
 func (s *diskStore) indexPutLocked(k inoKey, id NodeID) error {
+	_, err := s.indexPutHintLocked(k, id)
+	return err
+}
+
+// indexPutHintLocked is indexPutLocked, and returns where the entry went.
+func (s *diskStore) indexPutHintLocked(k inoKey, id NodeID) (ixHint, error) {
 	var tombIx *index
-	var tomb uint64
+	var tomb, oldID uint64
 	var kerr error
 	ix, h, pos, found, err := s.probeRouted(k, func(ix *index, h, pos, eh, eid uint64) bool {
 		if eid == tombID {
@@ -246,30 +253,33 @@ func (s *diskStore) indexPutLocked(k inoKey, id NodeID) error {
 			kerr = err
 			return true
 		}
+		oldID = eid
 		return ok == k
 	})
 	if err == nil {
 		err = kerr
 	}
 	if err != nil {
-		return err
+		return ixHint{}, err
 	}
-	return s.placeLocked(putSlot{ix: ix, h: h, pos: pos, replace: found, tombIx: tombIx, tomb: tomb}, id)
+	return s.placeLocked(putSlot{ix: ix, h: h, pos: pos, replace: found, oldID: NodeID(oldID), tombIx: tombIx, tomb: tomb}, id)
 }
 
 // putSlot is where indexPutLocked's probe decided to put an entry: over
-// the entry at pos (replace), or in the empty bucket pos that ended the
-// chain, or in the chain's first tombstone if it is in the same table.
+// the entry of oldID at pos (replace), or in the empty bucket pos that
+// ended the chain, or in the chain's first tombstone if it is in the same
+// table.
 type putSlot struct {
 	ix      *index
 	h, pos  uint64
 	replace bool
+	oldID   NodeID
 	tombIx  *index
 	tomb    uint64
 }
 
-// placeLocked writes the entry h → id at p.
-func (s *diskStore) placeLocked(p putSlot, id NodeID) error {
+// placeLocked writes the entry h → id at p and returns where it went.
+func (s *diskStore) placeLocked(p putSlot, id NodeID) (ixHint, error) {
 	ix, pos := p.ix, p.pos
 	if !p.replace {
 		if p.tombIx == ix {
@@ -280,8 +290,40 @@ func (s *diskStore) placeLocked(p putSlot, id NodeID) error {
 		if m := s.mig; m != nil && ix == &s.ix && m.vhome(p.h) >= m.p {
 			s.migCrossed++ // an unmigrated key placed in the new table
 		}
+	} else if p.oldID != id {
+		s.cache.setHint(p.oldID, ixHint{}) // its entry is id's now
 	}
-	return ix.write(pos, p.h, uint64(id))
+	if err := ix.write(pos, p.h, uint64(id)); err != nil {
+		return ixHint{}, err
+	}
+	return s.hintAt(ix, pos), nil
+}
+
+// hintAt is the hint for an entry at pos of table ix.
+func (s *diskStore) hintAt(ix *index, pos uint64) ixHint {
+	return ixHint{epoch: s.ixEpoch, old: s.mig != nil && ix == &s.mig.old, pos: pos}
+}
+
+// hintTable returns the table a hint for key k points into, or nil if the
+// hint is stale. Entries stay where they were written until a tombstone or
+// a replacement (which clears the replaced record's hint) overwrites them,
+// with two exceptions the epoch and the route catch: a new table (grow,
+// rebuild, reopen) bumps s.ixEpoch, and the migration streamer copies an
+// old-table entry to the new table once it passes the key, after which the
+// key routes to the new table.
+func (s *diskStore) hintTable(hint ixHint, k inoKey) *index {
+	if hint.epoch != s.ixEpoch {
+		return nil
+	}
+	if !hint.old {
+		return &s.ix
+	}
+	if m := s.mig; m != nil {
+		if ix, _ := s.route(k); ix == &m.old {
+			return ix
+		}
+	}
+	return nil
 }
 
 // lookupForInsertLocked is byInoLocked and the probe of indexPutLocked in
@@ -323,7 +365,7 @@ func (s *diskStore) lookupForInsertLocked(k inoKey) (rec Record, found bool, put
 		// an insert of the same key replaces it (as indexPutLocked).
 		if !replaced {
 			if sk, err := s.slotKeyLocked(NodeID(eid)); err == nil && sk == k {
-				put.ix, put.h, put.pos, put.replace = ix, h, pos, true
+				put.ix, put.h, put.pos, put.replace, put.oldID = ix, h, pos, true, NodeID(eid)
 				replaced = true
 			}
 		}
@@ -345,8 +387,29 @@ func (s *diskStore) lookupForInsertLocked(k inoKey) (rec Record, found bool, put
 	return Record{}, false, put, nil
 }
 
-// indexDelLocked removes the entry k → id, if the index has it.
+// indexDelLocked removes the entry k → id, if the index has it: where the
+// cache's hint says, else by probing for it.
 func (s *diskStore) indexDelLocked(k inoKey, id NodeID) error {
+	hint, _ := s.cache.getHint(id)
+	return s.indexDelHintLocked(k, id, hint)
+}
+
+// indexDelHintLocked is indexDelLocked with the hint (ixHint{}: none)
+// taken before the cache dropped the record.
+func (s *diskStore) indexDelHintLocked(k inoKey, id NodeID, hint ixHint) error {
+	if hint.epoch != 0 {
+		if ix := s.hintTable(hint, k); ix != nil {
+			ix.live--
+			ix.tombs++
+			_, h := s.route(k)
+			return ix.write(hint.pos, h, tombID)
+		}
+	}
+	return s.indexDelProbeLocked(k, id)
+}
+
+// indexDelProbeLocked is indexDelLocked without the hint.
+func (s *diskStore) indexDelProbeLocked(k inoKey, id NodeID) error {
 	ix, h, pos, found, err := s.probeRouted(k, func(_ *index, h, _, eh, eid uint64) bool {
 		return eh == h && eid == uint64(id)
 	})
