@@ -481,6 +481,28 @@ func (t *Table) LookupStat(parent *Node, name string, st *unix.Statx_t) (Entry, 
 		defer n.Release()
 		return Entry{ID: n.ID, Mount: n.Mount}, nil
 	}
+	return t.recordEntry(parent, name, m, st, -1)
+}
+
+// Created records the file the caller has just created (or opened with
+// O_CREAT) as name in parent, from fd, the open file itself: it is stated
+// (st) and recorded, and no O_PATH fd is opened for it (see LookupStat).
+// The caller keeps fd.
+func (t *Table) Created(parent *Node, name string, fd int, st *unix.Statx_t) (Entry, error) {
+	if err := Statx(fd, st); err != nil {
+		return Entry{}, err
+	}
+	m, err := t.mountFor(st, fd)
+	if err != nil {
+		return Entry{}, err
+	}
+	return t.recordEntry(parent, name, m, st, fd)
+}
+
+// recordEntry returns the entry of the file st, name in parent on mount m,
+// recording it if it is new. fd is the file itself if the caller has it
+// open (for its host handle), -1 if not.
+func (t *Table) recordEntry(parent *Node, name string, m *Mount, st *unix.Statx_t, fd int) (Entry, error) {
 	key := inoKey{m.Index, st.Ino}
 	typ := uint32(st.Mode) & unix.S_IFMT
 	t.mu.RLock()
@@ -494,7 +516,12 @@ func (t *Table) LookupStat(parent *Node, name string, st *unix.Statx_t) (Entry, 
 	kl := t.keyLock(key)
 	kl.Lock()
 	defer kl.Unlock()
-	rec, err := t.recordLocked(parent.ID, name, m, st, func() (int32, []byte, error) { return t.handleAt(parent.fd, name) })
+	rec, err := t.recordLocked(parent.ID, name, m, st, func() (int32, []byte, error) {
+		if fd >= 0 {
+			return t.handleOf(fd)
+		}
+		return t.handleAt(parent.fd, name)
+	})
 	if err != nil {
 		return Entry{}, err
 	}
@@ -595,6 +622,18 @@ func (t *Table) handleChanged(rec Record, handle func() (int32, []byte, error)) 
 		return false
 	}
 	return typ != rec.HandleType || string(h) != string(rec.Handle)
+}
+
+// Cached returns the node for id, referenced, if the fd cache holds it;
+// nil otherwise.
+func (t *Table) Cached(id NodeID) *Node { return t.cached(id) }
+
+// Adopt caches fd, an O_PATH fd the caller opened on node id's file (a
+// regular file, typ, inode ino on mount m, which the caller knows it is),
+// and returns the node, referenced. If the cache holds id already, that
+// node is returned and fd closed.
+func (t *Table) Adopt(id NodeID, typ uint32, m *Mount, ino uint64, fd int) *Node {
+	return t.insertCache(&Node{ID: id, Type: typ, Mount: m, Ino: ino, fd: fd})
 }
 
 // cached returns the cached node for id, referenced, or nil.

@@ -64,6 +64,14 @@ func (fs *FS) GetAttr(cancel <-chan struct{}, in *fuse.GetAttrIn, out *fuse.Attr
 	var sx unix.Statx_t
 	mount, err := fs.nodes.Stat(inode.NodeID(in.NodeId), &sx)
 	if err != nil {
+		// A file CREATE made, still open but no longer where it was
+		// created.
+		if n := fs.createdNode(in.NodeId); n != nil {
+			mount, err = n.Mount.Index, inode.Statx(n.FD(), &sx)
+			n.Release()
+		}
+	}
+	if err != nil {
 		fs.log.Debug("getattr", "nodeid", in.NodeId, "err", err)
 		if st := errno(err); st != fuse.EIO {
 			return st

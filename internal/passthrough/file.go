@@ -17,8 +17,15 @@ import (
 // fd is closed, and the node reference dropped, with the last reference, so
 // a RELEASE racing a READ never closes the fd under it.
 type file struct {
-	fd        int
+	fd int
+	// node keeps the node's O_PATH fd cached while the file is open; nil
+	// for a file CREATE made (its node is recorded without one, see
+	// Create).
 	node      *inode.Node
+	nodeID    uint64
+	typ       uint32       // S_IFMT bits
+	ino       uint64       // host inode number, set for a file CREATE made
+	mount     *inode.Mount // its mount
 	backingID int32 // FUSE passthrough backing id, 0 if none
 	appends   bool  // opened O_APPEND on the host: WRITEs are journaled
 	// journal is the last append a predecessor process recorded (see
@@ -30,39 +37,75 @@ type file struct {
 func (f *file) release() {
 	if f.refs.Add(-1) == 0 {
 		unix.Close(f.fd)
-		f.node.Release()
+		f.node.Release() // nil-safe
 	}
 }
 
-// addFile registers an open fd (opened with host flags) and fills the
-// reply's file handle, recorded in the open-file table so a successor
-// process can reopen it, and its passthrough backing. It takes over fd and
-// one reference on n; on error it releases both.
-func (fs *FS) addFile(fd int, n *inode.Node, flags int, out *fuse.OpenOut) error {
+// addFile registers an open fd (opened with host flags) of node id, a file
+// of type typ, and fills the reply's file handle, recorded in the open-file
+// table so a successor process can reopen it, and its passthrough backing.
+// It takes over fd and one reference on n (which may be nil); on error it
+// releases both.
+func (fs *FS) addFile(fd int, id inode.NodeID, typ uint32, n *inode.Node, flags int, out *fuse.OpenOut) error {
 	var backing int32
-	if n.Type == unix.S_IFREG {
-		backing = fs.acquireBacking(uint64(n.ID), fd)
+	if typ == unix.S_IFREG {
+		backing = fs.acquireBacking(uint64(id), fd)
 	}
-	fh, err := fs.openFiles.AddBacked(uint64(n.ID), uint32(flags&^(unix.O_TRUNC|unix.O_CREAT|unix.O_EXCL|unix.O_TMPFILE|unix.O_NOFOLLOW)), openfiles.File, backing)
+	fh, err := fs.openFiles.AddBacked(uint64(id), uint32(flags&^(unix.O_TRUNC|unix.O_CREAT|unix.O_EXCL|unix.O_TMPFILE|unix.O_NOFOLLOW)), openfiles.File, backing)
 	if errors.Is(err, openfiles.ErrNotRecorded) {
 		fs.warnState.log(fs.log, "state directory: an open file is not recorded; it will not survive a daemon restart", err)
 		err = nil
 	}
 	if err != nil {
-		fs.releaseBacking(uint64(n.ID), backing)
+		fs.releaseBacking(uint64(id), backing)
 		unix.Close(fd)
-		n.Release()
+		n.Release() // nil-safe
 		return err
 	}
 	out.Fh = fh
 	fs.openOutFlags(out)
 	setPassthrough(out, backing)
-	f := &file{fd: fd, node: n, backingID: backing, appends: flags&unix.O_APPEND != 0}
+	f := &file{fd: fd, node: n, nodeID: uint64(id), typ: typ, backingID: backing, appends: flags&unix.O_APPEND != 0}
 	f.refs.Store(1)
 	fs.handlesMu.Lock()
 	fs.files[fh] = f
 	fs.handlesMu.Unlock()
 	return nil
+}
+
+// addCreated is addFile for a file CREATE made and recorded without a node
+// fd: it is also remembered by nodeid, for createdNode.
+func (fs *FS) addCreated(fd int, e inode.Entry, sx *unix.Statx_t, flags int, out *fuse.OpenOut) error {
+	if err := fs.addFile(fd, e.ID, uint32(sx.Mode)&unix.S_IFMT, nil, flags, out); err != nil {
+		return err
+	}
+	fs.handlesMu.Lock()
+	if f, ok := fs.files[out.Fh]; ok {
+		f.ino, f.mount = sx.Ino, e.Mount
+		fs.created[uint64(e.ID)] = f
+	}
+	fs.handlesMu.Unlock()
+	return nil
+}
+
+// createdNode gives node id an O_PATH fd from an open file CREATE made, and
+// returns it referenced; nil if there is no such file.
+func (fs *FS) createdNode(id uint64) *inode.Node {
+	fs.handlesMu.Lock()
+	f, ok := fs.created[id]
+	if ok {
+		f.refs.Add(1)
+	}
+	fs.handlesMu.Unlock()
+	if !ok {
+		return nil
+	}
+	defer f.release()
+	pfd, err := inode.Reopen(f.fd, unix.O_PATH|unix.O_CLOEXEC)
+	if err != nil {
+		return nil
+	}
+	return fs.nodes.Adopt(inode.NodeID(id), f.typ, f.mount, f.ino, pfd)
 }
 
 // file returns the open file for fh (on nodeid) with a reference, or nil.
@@ -153,7 +196,7 @@ func (fs *FS) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) f
 		n.Release()
 		return st
 	}
-	return errno(fs.addFile(fd, n, flags, out))
+	return errno(fs.addFile(fd, n.ID, n.Type, n, flags, out))
 }
 
 // reopen opens the file node n names with flags.
@@ -172,6 +215,12 @@ func (fs *FS) reopen(n *inode.Node, flags int) (int, fuse.Status) {
 }
 
 // Create creates and opens a regular file with the caller's credentials.
+//
+// The node is recorded from the created fd itself (one statx), without an
+// O_PATH fd: no second open by name, which a host rename could race, and
+// nothing in the fd cache for the UNLINK that often follows. A request
+// that needs the node's fd later re-finds it by name like any node the
+// cache evicted.
 func (fs *FS) Create(cancel <-chan struct{}, in *fuse.CreateIn, name string, out *fuse.CreateOut) fuse.Status {
 	parent, st := fs.parentDir(&in.InHeader, name)
 	if !st.Ok() {
@@ -188,13 +237,13 @@ func (fs *FS) Create(cancel <-chan struct{}, in *fuse.CreateIn, name string, out
 		return errno(err)
 	}
 	var sx unix.Statx_t
-	n, err := fs.nodes.Lookup(parent, name, &sx)
+	e, err := fs.nodes.Created(parent, name, fd, &sx)
 	if err != nil {
 		unix.Close(fd)
 		return errno(err)
 	}
-	fs.fillEntry(n.ID, n.Mount.Index, &sx, &out.EntryOut)
-	return errno(fs.addFile(fd, n, flags, &out.OpenOut))
+	fs.fillEntry(e.ID, e.Mount.Index, &sx, &out.EntryOut)
+	return errno(fs.addCreated(fd, e, &sx, flags, &out.OpenOut))
 }
 
 // Tmpfile creates an unnamed file in the directory (O_TMPFILE); a later
@@ -237,7 +286,7 @@ func (fs *FS) Tmpfile(cancel <-chan struct{}, in *fuse.CreateIn, out *fuse.Creat
 		return errno(err)
 	}
 	fs.fillEntry(n.ID, n.Mount.Index, &sx, &out.EntryOut)
-	return errno(fs.addFile(fd, n, flags, &out.OpenOut))
+	return errno(fs.addFile(fd, n.ID, n.Type, n, flags, &out.OpenOut))
 }
 
 // Read returns a result that reads straight from the host fd into the
@@ -342,6 +391,9 @@ func (fs *FS) Release(cancel <-chan struct{}, in *fuse.ReleaseIn) {
 	fs.handlesMu.Lock()
 	f, ok := fs.files[in.Fh]
 	delete(fs.files, in.Fh)
+	if ok && f.mount != nil && fs.created[f.nodeID] == f {
+		delete(fs.created, f.nodeID)
+	}
 	fs.handlesMu.Unlock()
 	e, recorded := fs.openFiles.Remove(in.Fh)
 	if recorded {

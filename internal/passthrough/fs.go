@@ -146,6 +146,9 @@ type FS struct {
 
 	handlesMu sync.Mutex
 	files     map[uint64]*file      // +checklocks:handlesMu
+	// created holds, by nodeid, an open file CREATE made, whose node has
+	// no fd in the node table (see FS.node).
+	created map[uint64]*file // +checklocks:handlesMu
 	dirs      map[uint64]*dirStream // +checklocks:handlesMu
 }
 
@@ -165,6 +168,7 @@ func New(table *inode.Table, opts Options) *FS {
 		daemonGID:     uint32(os.Getegid()),
 		openFiles:     opts.OpenFiles,
 		files:         map[uint64]*file{},
+		created:       map[uint64]*file{},
 		dirs:          map[uint64]*dirStream{},
 	}
 	if fs.openFiles == nil {
@@ -249,7 +253,18 @@ func errno(err error) fuse.Status {
 }
 
 // node resolves a request's nodeid.
+//
+// A node CREATE recorded without an fd is given one from the guest's open
+// file while there is one (one open of /proc/self/fd/N, O_PATH, the very
+// file, even if unlinked or renamed on the host since); otherwise it is
+// re-found like any node the fd cache evicted.
 func (fs *FS) node(id uint64) (*inode.Node, fuse.Status) {
+	if n := fs.nodes.Cached(inode.NodeID(id)); n != nil {
+		return n, fuse.OK
+	}
+	if n := fs.createdNode(id); n != nil {
+		return n, fuse.OK
+	}
 	n, err := fs.nodes.Get(inode.NodeID(id))
 	if err != nil {
 		fs.log.Debug("resolve nodeid", "nodeid", id, "err", err)

@@ -3,6 +3,7 @@ package passthrough
 import (
 	"sync"
 
+	"github.com/govirtiofsd/govirtiofsd/internal/inode"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 )
@@ -52,10 +53,11 @@ func (fs *FS) ownerFD(key lockKey, f *file, pid uint32) (int, fuse.Status) {
 		return -1, errno(err)
 	}
 	// O_NONBLOCK: opening a fifo must not wait for a peer while
-	// fs.locks.mu is held.
-	fd, st := fs.reopen(f.node, flags&unix.O_ACCMODE|unix.O_NONBLOCK|unix.O_CLOEXEC)
-	if !st.Ok() {
-		return -1, st
+	// fs.locks.mu is held. The open file is reopened through /proc (it
+	// is never a symlink; a file CREATE made has no node fd).
+	fd, err := inode.Reopen(f.fd, flags&unix.O_ACCMODE|unix.O_NONBLOCK|unix.O_CLOEXEC)
+	if err != nil {
+		return -1, errno(err)
 	}
 	if fs.locks.fds == nil {
 		fs.locks.fds = map[lockKey]*ownerLock{}
