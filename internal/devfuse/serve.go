@@ -20,14 +20,22 @@ type Handler interface {
 
 // ServeOptions tune the read loop.
 type ServeOptions struct {
-	Workers  int // goroutines reading /dev/fuse; default 16
+	Workers  int // most goroutines reading or serving /dev/fuse at once; default 16
 	MaxWrite int // must match the engine's
 	Logger   *slog.Logger
 }
 
-// Server reads requests from a /dev/fuse fd with several workers and
-// answers them. It never closes the fd: the fd may outlive this process
-// (kept by a supervisor, systemd's fd store, or carried across exec).
+// Server reads requests from a /dev/fuse fd and answers them. It never
+// closes the fd: the fd may outlive this process (kept by a supervisor,
+// systemd's fd store, or carried across exec).
+//
+// Workers come and go with the load, as go-fuse's own server does: a
+// worker that takes a request starts another if nobody is left waiting in
+// read(2) (up to Workers), and a worker that finishes a request while
+// maxIdle others wait retires. The kernel wakes waiting readers in FIFO
+// order, so a fixed pool of 16 would hand a single-threaded client's
+// requests to a different, cold thread each time; with at most two
+// waiting, its requests alternate between two warm ones.
 type Server struct {
 	fd   int
 	h    Handler
@@ -36,7 +44,20 @@ type Server struct {
 	draining atomic.Bool
 	inflight atomic.Int64
 	dropped  atomic.Int64
+
+	mu   sync.Mutex
+	idle int   // +checklocks:mu workers waiting in read(2)
+	live int   // +checklocks:mu workers
+	err  error // +checklocks:mu first fatal read error
+	done chan struct{}
+	bufs sync.Pool // *buffers
 }
+
+// maxIdle is how many workers may wait in read(2) at once.
+const maxIdle = 2
+
+// buffers are one worker's request and reply buffers.
+type buffers struct{ in, out []byte }
 
 // NewServer returns a server for the connection fd.
 func NewServer(fd int, h Handler, opts ServeOptions) *Server {
@@ -49,29 +70,37 @@ func NewServer(fd int, h Handler, opts ServeOptions) *Server {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	return &Server{fd: fd, h: h, opts: opts}
+	s := &Server{fd: fd, h: h, opts: opts, done: make(chan struct{})}
+	s.bufs.New = func() any {
+		return &buffers{in: make([]byte, bufSize(opts.MaxWrite)), out: make([]byte, bufSize(opts.MaxWrite))}
+	}
+	return s
 }
 
 // Serve answers requests until the file system is unmounted (ENODEV) or a
-// read fails.
+// read fails, and returns once every worker has stopped.
 func (s *Server) Serve() error {
-	var wg sync.WaitGroup
-	errs := make(chan error, s.opts.Workers)
-	for range s.opts.Workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs <- s.worker()
-		}()
+	s.mu.Lock()
+	s.live = 1
+	s.mu.Unlock()
+	go s.worker()
+	<-s.done
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.err
+}
+
+// exit ends a worker; the last one to go ends Serve.
+func (s *Server) exit(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err != nil && s.err == nil {
+		s.err = err
 	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		if err != nil {
-			return err
-		}
+	s.live--
+	if s.live == 0 {
+		close(s.done)
 	}
-	return nil
 }
 
 // Drain stops handling new requests and waits (at most timeout) for the
@@ -95,19 +124,35 @@ func (s *Server) Drain(timeout time.Duration) (dropped int64, ok bool) {
 // headers (the kernel requires at least 8 KiB past the payload).
 func bufSize(maxWrite int) int { return maxWrite + 64<<10 }
 
-func (s *Server) worker() error {
-	in := make([]byte, bufSize(s.opts.MaxWrite))
-	out := make([]byte, bufSize(s.opts.MaxWrite))
+func (s *Server) worker() {
+	b := s.bufs.Get().(*buffers)
+	defer s.bufs.Put(b)
+	in, out := b.in, b.out
 	inv, outv := make([][]byte, 1), [][]byte{out}
 	for {
+		s.mu.Lock()
+		s.idle++
+		s.mu.Unlock()
 		n, err := unix.Read(s.fd, in)
+		s.mu.Lock()
+		s.idle--
+		spawn := err == nil && s.idle == 0 && s.live < s.opts.Workers
+		if spawn {
+			s.live++
+		}
+		s.mu.Unlock()
+		if spawn {
+			go s.worker()
+		}
 		switch {
 		case errors.Is(err, unix.EINTR), errors.Is(err, unix.EAGAIN), errors.Is(err, unix.ENOENT):
 			continue // interrupted, or a request the kernel already withdrew
 		case errors.Is(err, unix.ENODEV):
-			return nil // unmounted
+			s.exit(nil) // unmounted
+			return
 		case err != nil:
-			return fmt.Errorf("read /dev/fuse: %w", err)
+			s.exit(fmt.Errorf("read /dev/fuse: %w", err))
+			return
 		}
 		s.inflight.Add(1)
 		if s.draining.Load() {
@@ -129,13 +174,23 @@ func (s *Server) worker() error {
 					// The request was interrupted and is gone.
 				case errors.Is(err, unix.ENODEV):
 					s.inflight.Add(-1)
-					return nil
+					s.exit(nil)
+					return
 				default:
 					s.opts.Logger.Warn("write reply to /dev/fuse", "err", err)
 				}
 			}
 		}
 		s.inflight.Add(-1)
+		s.mu.Lock()
+		retire := s.idle >= maxIdle
+		if retire {
+			s.live--
+		}
+		s.mu.Unlock()
+		if retire {
+			return // live > 0: others wait in read(2)
+		}
 	}
 }
 
