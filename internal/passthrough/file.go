@@ -2,6 +2,7 @@ package passthrough
 
 import (
 	"errors"
+	"sync"
 	"sync/atomic"
 
 	"github.com/govirtiofsd/govirtiofsd/internal/inode"
@@ -26,8 +27,8 @@ type file struct {
 	typ       uint32       // S_IFMT bits
 	ino       uint64       // host inode number, set for a file CREATE made
 	mount     *inode.Mount // its mount
-	backingID int32 // FUSE passthrough backing id, 0 if none
-	appends   bool  // opened O_APPEND on the host: WRITEs are journaled
+	backingID int32        // FUSE passthrough backing id, 0 if none
+	appends   bool         // opened O_APPEND on the host: WRITEs are journaled
 	// journal is the last append a predecessor process recorded (see
 	// openfiles.Entry.JournalUnique); zero if none.
 	journalUnique, journalSize uint64
@@ -298,7 +299,9 @@ func (fs *FS) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (fuse.Re
 	}
 	// The fd must outlive the read, which go-fuse performs after this
 	// returns; readResult drops the reference when done.
-	return &readResult{f: f, off: int64(in.Offset), size: int(in.Size)}, fuse.OK
+	r := readResults.Get().(*readResult)
+	r.f, r.off, r.size = f, int64(in.Offset), int(in.Size)
+	return r, fuse.OK
 }
 
 // Write writes data at the offset.
@@ -486,10 +489,15 @@ type readResult struct {
 
 func (r *readResult) Size() int { return r.size }
 
+// readResults recycles readResults: go-fuse calls Done exactly once, after
+// the read, and drops its reference then.
+var readResults = sync.Pool{New: func() any { return new(readResult) }}
+
 func (r *readResult) Done() {
 	if r.f != nil {
 		r.f.release()
 		r.f = nil
+		readResults.Put(r)
 	}
 }
 

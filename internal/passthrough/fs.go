@@ -145,11 +145,11 @@ type FS struct {
 	backing backingIDs
 
 	handlesMu sync.Mutex
-	files     map[uint64]*file      // +checklocks:handlesMu
+	files     map[uint64]*file // +checklocks:handlesMu
 	// created holds, by nodeid, an open file CREATE made, whose node has
 	// no fd in the node table (see FS.node).
-	created map[uint64]*file // +checklocks:handlesMu
-	dirs      map[uint64]*dirStream // +checklocks:handlesMu
+	created map[uint64]*file      // +checklocks:handlesMu
+	dirs    map[uint64]*dirStream // +checklocks:handlesMu
 }
 
 var _ fuse.RawFileSystem = (*FS)(nil)
