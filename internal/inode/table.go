@@ -70,8 +70,11 @@ type Table struct {
 	mu    sync.RWMutex
 	byID  map[NodeID]*Node // +checklocks:mu
 	byKey map[inoKey]*Node // +checklocks:mu
-	ring  []*Node          // +checklocks:mu (CLOCK order)
-	hand  int              // +checklocks:mu
+	// byName maps the name a cached node was last looked up by to it:
+	// a hint, checked by a statx of the name (see Lookup).
+	byName map[nameKey]*Node // +checklocks:mu
+	ring   []*Node           // +checklocks:mu (CLOCK order)
+	hand   int               // +checklocks:mu
 }
 
 // statxMask is what every stat of a node asks for.
@@ -92,7 +95,7 @@ func New(rootPath string, store Store, opts Options) (*Table, error) {
 	t := &Table{
 		opts: opts, log: opts.Logger,
 		seed: maphash.MakeSeed(),
-		byID: map[NodeID]*Node{}, byKey: map[inoKey]*Node{},
+		byID: map[NodeID]*Node{}, byKey: map[inoKey]*Node{}, byName: map[nameKey]*Node{},
 	}
 	t.store.Store(&store)
 	t.mounts.byID = map[uint64]*Mount{}
@@ -176,6 +179,7 @@ func (t *Table) ReplaceStore(store Store) error {
 	t.ring, t.hand = nil, 0
 	t.byID = map[NodeID]*Node{RootID: t.root}
 	t.byKey = map[inoKey]*Node{{m.Index, st.Ino}: t.root}
+	t.byName = map[nameKey]*Node{}
 	t.mu.Unlock()
 	for _, n := range evicted {
 		n.Release()
@@ -218,7 +222,7 @@ func (t *Table) close() error {
 	for _, n := range t.ring {
 		n.Release()
 	}
-	t.ring, t.byID, t.byKey = nil, map[NodeID]*Node{}, map[inoKey]*Node{}
+	t.ring, t.byID, t.byKey, t.byName = nil, map[NodeID]*Node{}, map[inoKey]*Node{}, map[nameKey]*Node{}
 	t.mu.Unlock()
 	t.root.Release()
 	t.mounts.mu.Lock()
@@ -325,7 +329,7 @@ func (t *Table) get(id NodeID, depth int) (*Node, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("nodeid %d: %q in nodeid %d is another file now: %w", id, rec.Name, rec.Parent, unix.ESTALE)
 	}
-	return t.insertCache(&Node{ID: id, Type: rec.Type, Mount: m, Ino: rec.Ino, fd: fd}), nil
+	return t.insertCache(&Node{ID: id, Type: rec.Type, Mount: m, Ino: rec.Ino, fd: fd, parent: rec.Parent, name: rec.Name}), nil
 }
 
 // openByPath re-finds a node's file by walking its stored parent chain
@@ -381,6 +385,22 @@ func (t *Table) Lookup(parent *Node, name string, st *unix.Statx_t) (*Node, erro
 	}
 	if name == ".." && parent.ID == RootID {
 		return t.Root(), Statx(t.root.fd, st)
+	}
+	if name != ".." {
+		// A name looked up before (the guest revalidating a dentry
+		// whose entry timeout ran out): if it still names the cached
+		// node, one statx answers. The node's fd keeps its inode alive,
+		// so an equal inode number on the same mount is the same file.
+		if n := t.hinted(parent.ID, name); n != nil {
+			err := StatxAt(parent.fd, name, unix.AT_SYMLINK_NOFOLLOW|unix.AT_STATX_SYNC_AS_STAT, statxMask, st)
+			if err == nil && st.Ino == n.Ino && st.Mnt_id == n.Mount.MntID && uint32(st.Mode)&unix.S_IFMT == n.Type {
+				return n, nil
+			}
+			n.Release()
+			if err == unix.ENOENT {
+				return nil, err
+			}
+		}
 	}
 	fd, err := openChild(parent.fd, name)
 	if err != nil {
@@ -442,6 +462,9 @@ func (t *Table) Register(parent *Node, name string, fd int, st *unix.Statx_t) (*
 	defer kl.Unlock()
 	if n := t.cachedKey(key, typ); n != nil {
 		unix.Close(fd)
+		if name != "" {
+			t.setHint(n, parent.ID, name)
+		}
 		return n, nil
 	}
 	rec, err := t.recordLocked(parent.ID, name, m, st, func() (int32, []byte, error) { return t.handleOf(fd) })
@@ -449,7 +472,47 @@ func (t *Table) Register(parent *Node, name string, fd int, st *unix.Statx_t) (*
 		unix.Close(fd)
 		return nil, err
 	}
-	return t.insertCache(&Node{ID: rec.ID, Type: typ, Mount: m, Ino: st.Ino, fd: fd}), nil
+	return t.insertCache(&Node{ID: rec.ID, Type: typ, Mount: m, Ino: st.Ino, fd: fd, parent: parent.ID, name: name}), nil
+}
+
+// hinted returns the cached node last looked up as name in parent,
+// referenced, or nil.
+func (t *Table) hinted(parent NodeID, name string) *Node {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	n, ok := t.byName[nameKey{parent, name}]
+	if !ok {
+		return nil
+	}
+	n.IncRef()
+	n.clock.Store(true)
+	return n
+}
+
+// setHint makes name in parent the name node n (cached) is hinted by.
+func (t *Table) setHint(n *Node, parent NodeID, name string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if n.parent == parent && n.name == name {
+		return
+	}
+	if t.byID[n.ID] != n {
+		return // evicted meanwhile
+	}
+	t.dropHintLocked(n)
+	n.parent, n.name = parent, name
+	t.byName[nameKey{parent, name}] = n
+}
+
+// dropHintLocked removes n's name hint.
+func (t *Table) dropHintLocked(n *Node) {
+	if n.name == "" {
+		return
+	}
+	if k := (nameKey{n.parent, n.name}); t.byName[k] == n {
+		delete(t.byName, k)
+	}
+	n.parent, n.name = 0, ""
 }
 
 // Entry is what a lookup that opened no fd returns: enough for a FUSE
@@ -664,6 +727,12 @@ func (t *Table) insertCache(n *Node) *Node {
 	n.refs.Store(2) // the cache's and the caller's
 	t.byID[n.ID] = n
 	t.byKey[inoKey{n.Mount.Index, n.Ino}] = n
+	if n.name != "" {
+		if old, ok := t.byName[nameKey{n.parent, n.name}]; ok {
+			old.parent, old.name = 0, ""
+		}
+		t.byName[nameKey{n.parent, n.name}] = n
+	}
 	n.ringIdx = len(t.ring)
 	t.ring = append(t.ring, n)
 	var buf [4]*Node
@@ -708,6 +777,7 @@ func (t *Table) removeLocked(i int) {
 	if t.byKey[inoKey{n.Mount.Index, n.Ino}] == n {
 		delete(t.byKey, inoKey{n.Mount.Index, n.Ino})
 	}
+	t.dropHintLocked(n)
 }
 
 // Forget is the kernel dropping nlookup references. Nodeids stay valid; the
