@@ -342,7 +342,13 @@ func (s *diskStore) flushClusterLocked() error {
 	for _, c := range m.cluster {
 		vpos := max(int64(c.vh), m.last+1)
 		for {
-			if uint64(vpos) >= m.startNew+N {
+			// Inserts routed to the new table may have taken the
+			// buckets the tail of the stream (entries whose new home
+			// wrapped around, vh >= N) was heading for; the stream then
+			// goes on past startNew+N, into buckets of its own head,
+			// like any linear probe. Only a full circle means a full
+			// table.
+			if uint64(vpos) >= c.vh+N {
 				return errors.New("index: migration overflow")
 			}
 			e, err := m.win.entry(uint64(vpos) & (N - 1))

@@ -176,4 +176,3 @@ func BenchmarkSmallByInoMiss(b *testing.B) {
 		}
 	})
 }
-
