@@ -25,6 +25,17 @@ type dirStream struct {
 	buf []byte // +checklocks:mu
 	off int    // +checklocks:mu
 	end int    // +checklocks:mu
+
+	// spill is the READDIRPLUS entry looked up last that did not fit in
+	// its reply: the next READDIRPLUS, which starts with it, uses it
+	// instead of stating the name again.
+	spill plusSpill // +checklocks:mu
+}
+
+type plusSpill struct {
+	name  string
+	entry inode.Entry
+	sx    unix.Statx_t
 }
 
 const direntBufSize = 32 << 10
@@ -179,6 +190,7 @@ func (fs *FS) readDir(in *fuse.ReadIn, out *fuse.DirEntryList, plus bool) fuse.S
 			return errno(err)
 		}
 		ds.pos, ds.off, ds.end = in.Offset, 0, 0
+		ds.spill.name = ""
 	}
 	added := 0
 	for {
@@ -206,7 +218,7 @@ func (fs *FS) readDir(in *fuse.ReadIn, out *fuse.DirEntryList, plus bool) fuse.S
 		name := cString(rec[direntNameOff:d.Reclen])
 		e := fuse.DirEntry{Name: name, Off: uint64(d.Off), Mode: uint32(d.Type) << 12}
 		if plus {
-			if !fs.addPlusEntry(ds.node, e, d.Ino, out) {
+			if !fs.addPlusEntry(ds, e, d.Ino, out) {
 				return fuse.OK
 			}
 		} else {
@@ -224,24 +236,33 @@ func (fs *FS) readDir(in *fuse.ReadIn, out *fuse.DirEntryList, plus bool) fuse.S
 // addPlusEntry adds one READDIRPLUS entry, looking the name up. A name
 // that vanished meanwhile is listed without attributes (nodeid 0), which
 // the kernel accepts.
-func (fs *FS) addPlusEntry(dir *inode.Node, e fuse.DirEntry, hostIno uint64, out *fuse.DirEntryList) bool {
+//
+// +checklocks:ds.mu
+func (fs *FS) addPlusEntry(ds *dirStream, e fuse.DirEntry, hostIno uint64, out *fuse.DirEntryList) bool {
+	dir := ds.node
 	if e.Name == "." || e.Name == ".." {
 		e.Ino = fs.direntIno(dir, e.Name, unix.DT_DIR, hostIno)
 		return out.AddDirLookupEntry(e) != nil
 	}
-	var sx unix.Statx_t
-	n, err := fs.nodes.LookupStat(dir, e.Name, &sx)
-	if err != nil {
-		e.Ino = fs.inodeNumber(dir.Mount.Index, hostIno)
-		return out.AddDirLookupEntry(e) != nil
+	sp := &ds.spill
+	if sp.name != e.Name {
+		n, err := fs.nodes.LookupStat(dir, e.Name, &sp.sx)
+		if err != nil {
+			sp.name = ""
+			e.Ino = fs.inodeNumber(dir.Mount.Index, hostIno)
+			return out.AddDirLookupEntry(e) != nil
+		}
+		sp.name, sp.entry = e.Name, n
 	}
-	e.Ino = fs.inodeNumber(n.Mount.Index, sx.Ino)
-	e.Mode = uint32(sx.Mode)
+	n := sp.entry
+	e.Ino = fs.inodeNumber(n.Mount.Index, sp.sx.Ino)
+	e.Mode = uint32(sp.sx.Mode)
 	entry := out.AddDirLookupEntry(e)
 	if entry == nil {
-		return false
+		return false // keep the spill for the next READDIRPLUS
 	}
-	fs.fillEntry(n.ID, n.Mount.Index, &sx, entry)
+	sp.name = ""
+	fs.fillEntry(n.ID, n.Mount.Index, &sp.sx, entry)
 	return true
 }
 
