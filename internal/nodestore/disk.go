@@ -76,6 +76,29 @@ type diskStore struct {
 	// ixEpoch changes whenever a table is created, opened or retired,
 	// which invalidates the cache's index position hints (ixHint).
 	ixEpoch uint32 // +checklocks:mu
+	// hdrDurable is the header copy last made durable (fdatasync'ed):
+	// every header write goes to the other copy, so a host crash that
+	// tears it, or loses it unsynced, falls back to a copy on disk with
+	// the current nodeid reservation. See writeHeaderLocked.
+	hdrDurable int // +checklocks:mu
+}
+
+// writeHeaderLocked writes s.hdr over the copy that is not known durable;
+// with sync it makes it durable (and with it the whole meta file). Only
+// synced writes may change the nodeid reservation: an unsynced one may be
+// lost in a host crash, which then reads the durable copy. Index changes
+// (grow start and end) are written unsynced, off the fdatasync a request
+// would otherwise wait for: after a host crash the index is rebuilt
+// anyway, and a process crash keeps the page cache.
+func (s *diskStore) writeHeaderLocked(sync bool) error {
+	slot := 1 - s.hdrDurable
+	if err := writeHeaderSlot(int(s.metaF.Fd()), &s.hdr, s.keys.header, slot, sync); err != nil {
+		return err
+	}
+	if sync {
+		s.hdrDurable = slot
+	}
+	return nil
 }
 
 const (
@@ -160,7 +183,7 @@ func (s *diskStore) openFiles() error {
 	if err := unix.Flock(metaFD, unix.LOCK_EX|unix.LOCK_NB); err != nil {
 		return fmt.Errorf("store is in use by another process: %w", err)
 	}
-	hdr, err := readHeader(metaFD, s.keys.header)
+	hdr, slot, err := readHeaderSlot(metaFD, s.keys.header)
 	fresh := false
 	switch {
 	case errors.Is(err, os.ErrNotExist):
@@ -178,6 +201,15 @@ func (s *diskStore) openFiles() error {
 		}
 	case err != nil:
 		return fmt.Errorf("read header: %w", err)
+	default:
+		// The newest copy may have been written unsynced by a process
+		// that crashed: make it durable before the other copy is
+		// overwritten, so that a torn write cannot fall back to an
+		// older copy on disk.
+		if err := unix.Fdatasync(metaFD); err != nil {
+			return fmt.Errorf("sync header: %w", err)
+		}
+		s.hdrDurable = slot
 	}
 	s.hdr = hdr
 	s.gen = hdr.generation
@@ -256,7 +288,7 @@ func (s *diskStore) openFiles() error {
 	s.hdr.reserved = s.next + reserveBatch
 	s.hdr.flags |= flagOpen
 	s.hdr.bootID = bootID()
-	if err := writeHeader(metaFD, &s.hdr, s.keys.header, true); err != nil {
+	if err := s.writeHeaderLocked(true); err != nil {
 		return err
 	}
 	if fresh {
@@ -398,7 +430,7 @@ func (s *diskStore) insertLocked(r Record, put *putSlot) (Record, error) {
 	if s.next >= s.hdr.reserved {
 		old := s.hdr.reserved
 		s.hdr.reserved = s.next + reserveBatch
-		if err := writeHeader(int(s.metaF.Fd()), &s.hdr, s.keys.header, true); err != nil {
+		if err := s.writeHeaderLocked(true); err != nil {
 			s.hdr.reserved = old
 			return Record{}, fmt.Errorf("reserve nodeids: %w", err)
 		}
@@ -614,14 +646,44 @@ func (s *diskStore) Mounts() ([]MountRecord, error) {
 	return append([]MountRecord(nil), s.mounts...), nil
 }
 
-// Sync writes back the records and the index. Readers carry on meanwhile.
+// Sync writes back the records and the index. It holds no lock while it
+// waits for the disk: the periodic Sync (every few seconds) would otherwise
+// stall every Insert and Delete for as long as writeback takes (tens of
+// milliseconds with megabytes of new records). It syncs duplicates of the
+// descriptors, so a concurrent Close or index grow cannot close them under
+// it; what is written meanwhile may or may not be included.
 func (s *diskStore) Sync() error {
 	s.mu.RLock()
-	defer s.mu.RUnlock()
 	if s.closed {
+		s.mu.RUnlock()
 		return ErrClosed
 	}
-	return s.syncLocked()
+	type target struct {
+		fd   int
+		what string
+	}
+	ts := []target{{s.recFD, "records"}, {s.extFD, "overflow records"}, {s.ix.fd, "index"}}
+	if s.mig != nil {
+		ts = append(ts, target{s.mig.old.fd, "old index"})
+	}
+	var err error
+	for i := range ts {
+		if ts[i].fd, err = unix.FcntlInt(uintptr(ts[i].fd), unix.F_DUPFD_CLOEXEC, 0); err != nil {
+			for _, t := range ts[:i] {
+				unix.Close(t.fd)
+			}
+			s.mu.RUnlock()
+			return fmt.Errorf("nodestore: sync: %w", err)
+		}
+	}
+	s.mu.RUnlock()
+	for _, t := range ts {
+		if serr := unix.Fdatasync(t.fd); serr != nil && err == nil {
+			err = fmt.Errorf("nodestore: sync %s: %w", t.what, serr)
+		}
+		unix.Close(t.fd)
+	}
+	return err
 }
 
 func (s *diskStore) syncLocked() error {
@@ -654,7 +716,7 @@ func (s *diskStore) Close() error {
 	if err == nil {
 		// A clean close: the next open need not suspect the index.
 		s.hdr.flags &^= flagOpen
-		err = writeHeader(int(s.metaF.Fd()), &s.hdr, s.keys.header, true)
+		err = s.writeHeaderLocked(true)
 	}
 	if cerr := s.closeFiles(); err == nil {
 		err = cerr

@@ -716,3 +716,86 @@ func TestLookupOrInsertOverTampered(t *testing.T) {
 		t.Fatalf("index has %d live entries (%d before reopen), want 2", l, live)
 	}
 }
+
+// TestSyncConcurrent: Sync runs without the store lock (on duplicated
+// descriptors) while inserts, index grows and finally Close go on.
+func TestSyncConcurrent(t *testing.T) {
+	ds, err := open(t.TempDir(), Options{Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ds.migStep = 1
+	done := make(chan error, 1)
+	go func() {
+		for {
+			if err := ds.Sync(); err != nil {
+				if errors.Is(err, ErrClosed) {
+					err = nil
+				}
+				done <- err
+				return
+			}
+		}
+	}()
+	for i := range 20000 {
+		if _, err := ds.Insert(Record{Mount: 0, Ino: uint64(i), Name: "s"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := ds.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestHeaderDurableCopy: header writes that are not synced (index grows)
+// never overwrite the copy last synced, which holds the current nodeid
+// reservation, so a host crash that loses or tears them falls back to it.
+func TestHeaderDurableCopy(t *testing.T) {
+	dir := t.TempDir()
+	ds, err := open(dir, Options{Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ds.Close()
+	readCopy := func(slot int) []byte {
+		b := make([]byte, headerSize)
+		if err := preadFull(int(ds.metaF.Fd()), b, int64(slot*headerStride)); err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	durable := ds.hdrDurable
+	want := readCopy(durable)
+	seq := ds.hdr.seq
+	for i := range 10000 { // grows the index from 4096 buckets twice
+		if _, err := ds.Insert(Record{Mount: 0, Ino: uint64(i), Name: "h"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if ds.hdr.seq < seq+4 {
+		t.Fatalf("header seq %d → %d: the index did not grow", seq, ds.hdr.seq)
+	}
+	if ds.hdrDurable != durable || !bytes.Equal(readCopy(durable), want) {
+		t.Fatal("an unsynced header write overwrote the durable copy")
+	}
+	h, err := decodeHeader(readCopy(durable), ds.keys.header)
+	if err != nil || h.reserved != ds.hdr.reserved {
+		t.Fatalf("durable copy: %+v %v, reservation want %d", h, err, ds.hdr.reserved)
+	}
+	// A reservation is synced, to the other copy, which becomes durable.
+	ds.mu.Lock()
+	ds.next = ds.hdr.reserved
+	ds.mu.Unlock()
+	if _, err := ds.Insert(Record{Mount: 0, Ino: 1 << 30, Name: "r"}); err != nil {
+		t.Fatal(err)
+	}
+	if ds.hdrDurable == durable {
+		t.Fatal("a reservation did not move the durable copy")
+	}
+	if h, err := decodeHeader(readCopy(ds.hdrDurable), ds.keys.header); err != nil || h.reserved != ds.hdr.reserved {
+		t.Fatalf("durable copy after reservation: %+v %v, want reservation %d", h, err, ds.hdr.reserved)
+	}
+}

@@ -76,9 +76,11 @@
 // any of them is used, so neither a process crash nor a power loss can
 // reuse one; a restart skips the rest of the batch.
 //
-// Host crash / power loss: the header (both copies, generation and
-// reservation), the key, the mount table and the root record (nodeid 1)
-// are fsync'ed when written.
+// Host crash / power loss: the header's nodeid reservation and generation,
+// the key, the mount table and the root record (nodeid 1) are fsync'ed
+// when written. Header writes that only name index files (a grow starting
+// or ending) are not: they go to the copy not last synced, so a host crash
+// falls back to that one, and the index is rebuilt then anyway.
 // Records written since the last Sync (or Close) may be lost — they read
 // as ErrNotFound, which the filesystem turns into ESTALE — or torn, which
 // the MAC turns into ErrTampered; never a misread record. The header says
@@ -109,9 +111,10 @@
 //	diskStore.mu (RWMutex)  →  cache shard mu (Mutex)
 //	diskStore.mu (RWMutex)  →  diskStore.reportMu (Mutex)
 //
-// diskStore.mu is held shared by Get (on a cache miss), ByIno, Mounts,
-// Sync and Export, and exclusively by Insert, LookupOrInsert, Update, Delete, PutMount
-// and Close; it guards the file offsets, the nodeid counter, the header,
+// diskStore.mu is held shared by Get (on a cache miss), ByIno, Mounts and
+// Export, and by Sync only to duplicate the descriptors it then syncs
+// without the lock, and exclusively by Insert, LookupOrInsert, Update,
+// Delete, PutMount and Close; it guards the file offsets, the nodeid counter, the header,
 // the index and a running index migration. Cache shard locks and reportMu
 // are leaves, taken with or without diskStore.mu. A Get that hits the
 // cache takes only a shard lock. memStore has a single RWMutex.

@@ -406,7 +406,7 @@ func (d *diskSink) begin(gen uint64, next NodeID, mounts []MountRecord) error {
 	s.mounts = mounts
 	s.next = next
 	s.hdr.reserved = next + reserveBatch
-	return writeHeader(int(s.metaF.Fd()), &s.hdr, s.keys.header, true)
+	return s.writeHeaderLocked(true)
 }
 
 func (d *diskSink) record(r Record) error {

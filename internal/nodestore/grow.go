@@ -246,7 +246,7 @@ func (s *diskStore) startGrowLocked() error {
 	old := s.hdr
 	s.hdr.migSeq, s.hdr.migBits = s.hdr.indexSeq, s.hdr.indexBits
 	s.hdr.indexSeq, s.hdr.indexBits = seq, uint32(bits)
-	if err := writeHeader(int(s.metaF.Fd()), &s.hdr, s.keys.header, true); err != nil {
+	if err := s.writeHeaderLocked(false); err != nil {
 		s.hdr = old
 		f.Close()
 		os.Remove(f.Name())
@@ -316,7 +316,7 @@ func (s *diskStore) stepMigrationLocked(budget uint64) error {
 	}
 	// Done: the header forgets the old table.
 	s.hdr.migSeq, s.hdr.migBits = 0, 0
-	if err := writeHeader(int(s.metaF.Fd()), &s.hdr, s.keys.header, true); err != nil {
+	if err := s.writeHeaderLocked(false); err != nil {
 		return err
 	}
 	s.mig = nil

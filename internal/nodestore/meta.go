@@ -210,13 +210,20 @@ func decodeHeader(b []byte, key []byte) (header, error) {
 
 // readHeader returns the newest valid copy.
 func readHeader(fd int, key []byte) (header, error) {
+	h, _, err := readHeaderSlot(fd, key)
+	return h, err
+}
+
+// readHeaderSlot returns the newest valid copy and which copy it is.
+func readHeaderSlot(fd int, key []byte) (header, int, error) {
 	var best header
 	var errs []error
 	ok := false
+	slot := 0
 	for i := 0; i < 2; i++ {
 		b := make([]byte, headerSize)
 		if err := preadFull(fd, b, int64(i*headerStride)); err != nil {
-			return best, err
+			return best, 0, err
 		}
 		h, err := decodeHeader(b, key)
 		if err != nil {
@@ -224,19 +231,24 @@ func readHeader(fd int, key []byte) (header, error) {
 			continue
 		}
 		if !ok || h.seq > best.seq {
-			best, ok = h, true
+			best, ok, slot = h, true, i
 		}
 	}
 	if !ok {
-		return best, errors.Join(errs...)
+		return best, 0, errors.Join(errs...)
 	}
-	return best, nil
+	return best, slot, nil
 }
 
 // writeHeader writes h (with seq incremented) over the older copy.
 func writeHeader(fd int, h *header, key []byte, sync bool) error {
+	return writeHeaderSlot(fd, h, key, int(h.seq+1)%2, sync)
+}
+
+// writeHeaderSlot writes h (with seq incremented) as copy slot.
+func writeHeaderSlot(fd int, h *header, key []byte, slot int, sync bool) error {
 	h.seq++
-	off := int64(h.seq%2) * headerStride
+	off := int64(slot) * headerStride
 	if err := pwriteFull(fd, h.encode(key), off); err != nil {
 		return fmt.Errorf("write header: %w", err)
 	}
