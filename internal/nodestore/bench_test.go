@@ -185,9 +185,10 @@ func TestMemory1M(t *testing.T) {
 	runtime.ReadMemStats(&ms)
 	after := vmRSS()
 	app, alloc := diskUsage(dir)
-	recs, inos := s.(*diskStore).cache.len()
-	t.Logf("%d records: RSS %.1f MiB → %.1f MiB (+%.1f MiB; %.1f MiB after FreeOSMemory); HeapInuse %.1f MiB, HeapSys %.1f MiB; cache %d records %d ino hints; disk %.1f MiB apparent, %.1f MiB allocated",
-		n, mib(base), mib(peak), mib(peak-base), mib(after), mib(int64(ms.HeapInuse)), mib(int64(ms.HeapSys)), recs, inos, mib(app), mib(alloc))
+	ds := s.(*diskStore)
+	recs, inos := ds.cache.len()
+	t.Logf("%d records: RSS %.1f MiB → %.1f MiB (+%.1f MiB; %.1f MiB after FreeOSMemory); HeapInuse %.1f MiB, HeapSys %.1f MiB; cache %d records %d ino hints; index 2^%d buckets, mirror %.1f MiB; disk %.1f MiB apparent, %.1f MiB allocated",
+		n, mib(base), mib(peak), mib(peak-base), mib(after), mib(int64(ms.HeapInuse)), mib(int64(ms.HeapSys)), recs, inos, ds.ix.bits, mib(int64(len(ds.ix.fp))), mib(app), mib(alloc))
 	if peak-base > 64<<20 {
 		t.Fatalf("RSS grew by %.1f MiB", mib(peak-base))
 	}

@@ -81,6 +81,9 @@ type diskStore struct {
 	// tears it, or loses it unsynced, falls back to a copy on disk with
 	// the current nodeid reservation. See writeHeaderLocked.
 	hdrDurable int // +checklocks:mu
+	// fpBits is the largest index (log2 buckets) kept mirrored in memory
+	// (index.fp). Set at open.
+	fpBits uint
 }
 
 // writeHeaderLocked writes s.hdr over the copy that is not known durable;
@@ -160,6 +163,7 @@ func openGen(dir string, opts Options, gen uint64) (*diskStore, error) {
 		migStep:  migrateStep,
 		reported: make(map[NodeID]struct{}),
 		ixEpoch:  1,
+		fpBits:   fpBitsFor(cacheBytes),
 	}
 	s.bufs.New = func() any { return new(slotBuf) }
 	s.gen = gen
@@ -257,7 +261,7 @@ func (s *diskStore) openFiles() error {
 			s.ix.fd, s.ix.bits = int(s.ixF.Fd()), uint(hdr.indexBits)
 			if st, err := s.ixF.Stat(); err != nil || st.Size() != int64(s.ix.size()*entrySize+trailerSize) {
 				rebuild = "index file has the wrong size"
-			} else if err := s.ix.count(); err != nil {
+			} else if err := s.ix.count(s.fpBits); err != nil {
 				return err
 			} else if hdr.migSeq != 0 {
 				if err := s.resumeMigration(); err != nil {

@@ -237,7 +237,8 @@ func (s *diskStore) startGrowLocked() error {
 		old: s.ix, oldF: s.ixF, e: e, p: e, last: -1, startNew: e << (bits - s.ix.bits),
 		buf: make([]byte, 4096),
 	}
-	nix := index{fd: fd, bits: bits, k0: s.ix.k0, k1: s.ix.k1}
+	m.old.fp = nil // the old table is probed from the file while it lasts
+	nix := index{fd: fd, bits: bits, k0: s.ix.k0, k1: s.ix.k1, fp: newFP(bits, s.fpBits)}
 	if err := writeTrailer(&nix, m); err != nil {
 		f.Close()
 		os.Remove(f.Name())
@@ -262,7 +263,14 @@ func (s *diskStore) startGrowLocked() error {
 
 // stepMigrationLocked moves at least budget entries (whole clusters) to
 // the new table, and finishes the migration when none are left.
-func (s *diskStore) stepMigrationLocked(budget uint64) error {
+func (s *diskStore) stepMigrationLocked(budget uint64) (err error) {
+	defer func() {
+		if err != nil {
+			// The window may hold entries the mirror has and the file
+			// not yet.
+			s.ix.fp = nil
+		}
+	}()
 	m := s.mig
 	m.cluster = m.cluster[:0] // left over if the previous step failed
 	n := m.old.size()
@@ -359,6 +367,7 @@ func (s *diskStore) flushClusterLocked() error {
 				binary.LittleEndian.PutUint64(e, c.h)
 				binary.LittleEndian.PutUint64(e[8:], c.id)
 				m.win.dirty(uint64(vpos) & (N - 1))
+				s.ix.mirror(uint64(vpos)&(N-1), c.h, c.id)
 				break
 			}
 			vpos++ // taken by an insert routed to the new table
@@ -419,6 +428,7 @@ func (w *rmwWindow) dirty(pos uint64) {
 func (w *rmwWindow) flush() error {
 	if w.lo != w.hi {
 		if err := pwriteFull(w.ix.fd, w.buf[w.lo:w.hi], int64(w.base*entrySize)+int64(w.lo)); err != nil {
+			w.ix.fp = nil // the mirror has entries the file may not
 			return fmt.Errorf("write index: %w", err)
 		}
 	}

@@ -20,6 +20,45 @@ func TestMigration(t *testing.T) {
 	// updates use the cached index position hints (ixHint).
 	t.Run("nocache", func(t *testing.T) { testMigration(t, 1) })
 	t.Run("cache", func(t *testing.T) { testMigration(t, 0) })
+	// Without the in-memory mirror of the index, every probe reads the
+	// file.
+	t.Run("nomirror", func(t *testing.T) {
+		defer func(b uint) { maxFPBits = b }(maxFPBits)
+		maxFPBits = 0
+		testMigration(t, 1)
+	})
+}
+
+// checkMirror fails unless the in-memory mirror of the index (if any)
+// matches the file.
+func checkMirror(t *testing.T, ds *diskStore) {
+	t.Helper()
+	ix := &ds.ix
+	if ix.fp == nil {
+		if ix.bits <= ds.fpBits {
+			t.Fatal("index has no mirror")
+		}
+		return
+	}
+	b := make([]byte, ix.size()*entrySize)
+	if err := preadFull(ix.fd, b, 0); err != nil {
+		t.Fatal(err)
+	}
+	for pos := uint64(0); pos < ix.size(); pos++ {
+		h := binary.LittleEndian.Uint64(b[pos*entrySize:])
+		id := binary.LittleEndian.Uint64(b[pos*entrySize+8:])
+		want := byte(fpEmpty)
+		switch id {
+		case 0:
+		case tombID:
+			want = fpTomb
+		default:
+			want = fpOf(h)
+		}
+		if ix.fp[pos] != want {
+			t.Fatalf("mirror of bucket %d is %d, file has hash %x id %d", pos, ix.fp[pos], h, id)
+		}
+	}
 }
 
 func testMigration(t *testing.T, cacheBytes int) {
@@ -127,7 +166,11 @@ func testMigration(t *testing.T, cacheBytes int) {
 		if ds.mig != nil {
 			migOps++
 		}
+		if i%5000 == 0 {
+			checkMirror(t, ds)
+		}
 		if ds.mig != nil && migOps%1000 == 300 {
+			checkMirror(t, ds)
 			early += ds.migCrossed
 			if err := ds.Close(); err != nil {
 				t.Fatal(err)
@@ -142,6 +185,7 @@ func testMigration(t *testing.T, cacheBytes int) {
 	for k := range model {
 		check(k)
 	}
+	checkMirror(t, ds)
 	early += ds.migCrossed
 	ds.Close()
 	t.Logf("%d ops, %d grows, %d reopens mid-migration, %d unmigrated keys placed in the new table", n, grows, reopens, early)
@@ -256,6 +300,7 @@ func TestMigrationWrapAround(t *testing.T) {
 				t.Fatalf("key %d: ByIno(%d, %d) = %d %v, want %d", seed, i%4, i/4, r.ID, err, i+1)
 			}
 		}
+		checkMirror(t, ds)
 		ds.Close()
 	}
 }

@@ -32,6 +32,54 @@ type index struct {
 	tombs uint64 // tombstones
 	k0    uint64 // hash key
 	k1    uint64
+	// fp mirrors the table in memory, one byte per bucket (fpEmpty,
+	// fpTomb, or fpOf the entry's hash), so that a probe reads the file
+	// only at buckets whose entry may be the one looked for: looking up
+	// or inserting a key the table does not have costs no read at all.
+	// nil when the table is bigger than maxFPBits, for the old table of
+	// a migration, and after a failed write (then probes read the file).
+	// Written with diskStore.mu held exclusively, like the file.
+	fp []byte
+}
+
+const (
+	fpEmpty = 0
+	fpTomb  = 1
+)
+
+// maxFPBits bounds fp to 4 MiB (4M buckets, 1.6M records at 40% load)
+// whatever the cache size; larger tables probe the file. A variable for
+// tests. Below it, a store's mirror may take a quarter of its
+// Options.CacheBytes (fpBitsFor).
+var maxFPBits uint = 22
+
+// fpBitsFor is the largest table a store with cache size cacheBytes
+// mirrors: a quarter of the cache (2 MiB, 2M buckets, for the default
+// 8 MiB), and at least 64 KiB.
+func fpBitsFor(cacheBytes int) uint {
+	b := uint(16)
+	for b < maxFPBits && 1<<(b+1) <= cacheBytes/4 {
+		b++
+	}
+	return min(b, maxFPBits)
+}
+
+// fpOf is the fingerprint of hash h: its low byte (the bucket comes from
+// the top bits), never fpEmpty or fpTomb.
+func fpOf(h uint64) byte {
+	if f := byte(h); f > fpTomb {
+		return f
+	}
+	return byte(h>>8) | 2
+}
+
+// newFP returns an empty mirror for a table of 1<<bits buckets, or nil if
+// that is more than 1<<maxBits.
+func newFP(bits, maxBits uint) []byte {
+	if bits > maxBits {
+		return nil
+	}
+	return make([]byte, 1<<bits)
 }
 
 const (
@@ -68,6 +116,55 @@ func (ix *index) home(h uint64) uint64 { return h >> (64 - ix.bits) }
 // tombstones). probe returns the position visit stopped at, or the empty
 // position that ended the chain, and whether visit stopped it.
 func (ix *index) probe(h uint64, visit func(pos, eh, id uint64) bool) (uint64, bool, error) {
+	if ix.fp != nil {
+		if pos, found, ok, err := ix.probeFP(h, visit); ok || err != nil {
+			return pos, found, err
+		}
+	}
+	return ix.probeFile(h, visit)
+}
+
+// probeFP is probe on the mirror: it reads the entries whose fingerprint
+// matches h's and shows every other one to visit as a foreign hash (^h),
+// or a tombstone. ok is false if the file disagrees with the mirror (it
+// should not): then the caller probes the file.
+func (ix *index) probeFP(h uint64, visit func(pos, eh, id uint64) bool) (pos uint64, found, ok bool, err error) {
+	n := ix.size()
+	want := fpOf(h)
+	pos = ix.home(h)
+	for scanned := uint64(0); scanned < n; scanned++ {
+		switch f := ix.fp[pos]; f {
+		case fpEmpty:
+			return pos, false, true, nil
+		case fpTomb:
+			if visit(pos, 0, tombID) {
+				return pos, true, true, nil
+			}
+		case want:
+			var b [entrySize]byte
+			if err := preadFull(ix.fd, b[:], int64(pos*entrySize)); err != nil {
+				return 0, false, false, fmt.Errorf("read index: %w", err)
+			}
+			eh := binary.LittleEndian.Uint64(b[:])
+			id := binary.LittleEndian.Uint64(b[8:])
+			if id == 0 || id == tombID || fpOf(eh) != f {
+				return 0, false, false, nil
+			}
+			if visit(pos, eh, id) {
+				return pos, true, true, nil
+			}
+		default:
+			if visit(pos, ^h, 1) { // another key: visitors look no further
+				return pos, true, true, nil
+			}
+		}
+		pos = (pos + 1) & (n - 1)
+	}
+	return 0, false, true, errors.New("index: table full")
+}
+
+// probeFile is probe reading the table from the file.
+func (ix *index) probeFile(h uint64, visit func(pos, eh, id uint64) bool) (uint64, bool, error) {
 	var buf [probeChunk * entrySize]byte
 	n := ix.size()
 	pos := ix.home(h)
@@ -98,9 +195,26 @@ func (ix *index) write(pos, h, id uint64) error {
 	binary.LittleEndian.PutUint64(b[:], h)
 	binary.LittleEndian.PutUint64(b[8:], id)
 	if err := pwriteFull(ix.fd, b[:], int64(pos*entrySize)); err != nil {
+		ix.fp = nil // the file may or may not have it now
 		return fmt.Errorf("write index: %w", err)
 	}
+	ix.mirror(pos, h, id)
 	return nil
+}
+
+// mirror records in fp that bucket pos holds h → id.
+func (ix *index) mirror(pos, h, id uint64) {
+	if ix.fp == nil {
+		return
+	}
+	switch id {
+	case 0:
+		ix.fp[pos] = fpEmpty
+	case tombID:
+		ix.fp[pos] = fpTomb
+	default:
+		ix.fp[pos] = fpOf(h)
+	}
 }
 
 // needsGrow reports whether one more entry would overload the table.
@@ -117,24 +231,29 @@ func bitsFor(live uint64) uint {
 	return b
 }
 
-// count scans the table and sets live and tombs.
-func (ix *index) count() error {
+// count scans the table, sets live and tombs, and builds the mirror (if
+// the table has at most 1<<fpBits buckets).
+func (ix *index) count(fpBits uint) error {
 	ix.live, ix.tombs = 0, 0
+	ix.fp = newFP(ix.bits, fpBits)
 	buf := make([]byte, 1<<16)
 	total := ix.size() * entrySize
 	for off := uint64(0); off < total; off += uint64(len(buf)) {
 		b := buf[:min(uint64(len(buf)), total-off)]
 		if err := preadFull(ix.fd, b, int64(off)); err != nil {
+			ix.fp = nil
 			return fmt.Errorf("read index: %w", err)
 		}
 		for i := 0; i < len(b); i += entrySize {
-			switch binary.LittleEndian.Uint64(b[i+8:]) {
+			id := binary.LittleEndian.Uint64(b[i+8:])
+			switch id {
 			case 0:
 			case tombID:
 				ix.tombs++
 			default:
 				ix.live++
 			}
+			ix.mirror((off+uint64(i))/entrySize, binary.LittleEndian.Uint64(b[i:]), id)
 		}
 	}
 	return nil

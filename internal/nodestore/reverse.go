@@ -24,6 +24,7 @@ func (s *diskStore) createIndex(seq uint64, bits uint) error {
 	}
 	s.ixF = f
 	s.ix.fd, s.ix.bits, s.ix.live, s.ix.tombs = fd, bits, 0, 0
+	s.ix.fp = newFP(bits, s.fpBits)
 	s.ixEpoch++
 	return nil
 }
