@@ -92,8 +92,9 @@
 // cannot name lost records or miss surviving ones. A stale header copy
 // (torn write) falls back to the other copy.
 //
-// Full disk: the records file is preallocated 256 KiB at a time and index
-// files whole, by writing zeros (not fallocate: see zeroFill), so ENOSPC
+// Full disk: the records file is preallocated 256 KiB at a time (with
+// fallocate where the filesystem has it, see allocLocked) and index files
+// whole, by writing zeros (not fallocate: see zeroFill), so ENOSPC
 // surfaces before an Insert writes anything: the Insert fails with a
 // wrapped ENOSPC and the store stays consistent and usable (reads,
 // updates, Close, reopen, and inserts again once space is freed).

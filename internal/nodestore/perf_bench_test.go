@@ -176,3 +176,26 @@ func BenchmarkSmallByInoMiss(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkLookupOrInsertCold is BenchmarkLookupOrInsertNew after the host
+// dropped the clean pages of the state files, as the cold bench rows do
+// (drop_caches after the daemon started): the fresh store's files were
+// synced at Open and when the root was inserted, so a write to one of
+// their pages that is not resident any more may have to read it first.
+func BenchmarkLookupOrInsertCold(b *testing.B) {
+	onFreshStores(b, func(b *testing.B, s Store) {
+		if ds, ok := s.(*diskStore); ok {
+			b.StopTimer()
+			for _, fd := range []int{ds.recFD, ds.extFD, ds.ix.fd, int(ds.metaF.Fd())} {
+				unix.Fadvise(fd, 0, 0, unix.FADV_DONTNEED)
+			}
+			cpuStart = cpuTime()
+			b.StartTimer()
+		}
+		for i := 0; b.Loop(); i++ {
+			if _, ins, err := s.LookupOrInsert(benchRec(i)); err != nil || !ins {
+				b.Fatal(err, ins)
+			}
+		}
+	})
+}
