@@ -74,6 +74,9 @@ type Record struct {
 type Recording struct {
 	Meta    RecordingMeta
 	Records []Record
+
+	depsOnce sync.Once
+	depList  [][]int
 }
 
 func writeRecording(w io.Writer, rec *Recording) error {

@@ -100,3 +100,43 @@ func TestStraceParse(t *testing.T) {
 		t.Errorf("summary %v %q", total, s)
 	}
 }
+
+// With requests in flight, an RMDIR follows what was done inside the
+// directory, and no record depends on itself.
+func TestReplayDeps(t *testing.T) {
+	mk := fuse.EntryOut{NodeId: 5}
+	co := fuse.CreateOut{}
+	co.NodeId, co.Fh = 6, 1
+	mkin := fuse.MkdirIn{}
+	cin := fuse.CreateIn{}
+	rin := fuse.ReleaseIn{Fh: 1}
+	rnin := make([]byte, 8)
+	le.LittleEndian.PutUint64(rnin, 5) // rename within d: newdir == header nodeid
+	rec := &Recording{Records: []Record{
+		{Req: req(opMkdir, 1, append(argOf(&mkin), "d\x00"...)), Reply: reply(structView(&mk))},
+		{Req: req(opCreate, 5, append(argOf(&cin), "f\x00"...)), Reply: reply(structView(&co))},
+		{Req: req(vhostfront.OpRelease, 6, argOf(&rin)), Reply: reply(nil)},
+		{Req: req(opRename, 5, append(rnin, "f\x00g\x00"...)), Reply: reply(nil)},
+		{Req: req(opUnlink, 5, []byte("g\x00")), Reply: reply(nil)},
+		{Req: req(opRmdir, 1, []byte("d\x00")), Reply: reply(nil)},
+	}}
+	deps := rec.deps()
+	for i, d := range deps {
+		for _, j := range d {
+			if j >= i {
+				t.Errorf("record %d depends on %d", i, j)
+			}
+		}
+	}
+	has := func(i, j int) bool {
+		for _, x := range deps[i] {
+			if x == j {
+				return true
+			}
+		}
+		return false
+	}
+	if !has(5, 4) || !has(4, 3) || !has(2, 1) {
+		t.Errorf("deps %v", deps)
+	}
+}
