@@ -9,7 +9,9 @@ import (
 	"strings"
 
 	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/font"
 	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/text"
 	"gonum.org/v1/plot/vg"
 	"gonum.org/v1/plot/vg/draw"
 	"gonum.org/v1/plot/vg/vgimg"
@@ -100,25 +102,24 @@ func DrawChart(w io.Writer, res *Result, g group) error {
 	grid.Vertical.Color = color.Gray{Y: 215}
 	p.Add(grid)
 
-	var clipped, na plotter.XYLabels
+	clipped := &barLabels{color: color.Black}
+	na := &barLabels{color: color.Gray{Y: 110}}
 	leg := plot.NewLegend()
 	for k, pn := range peers {
 		vals := make(plotter.Values, n)
 		for i := range rows {
 			y := n - 1 - i
 			c := cellOf(&rows[i], pn)
-			off := (float64(np-1)/2 - float64(k)) * float64(chartBarH) / float64(rowHeight(np))
+			off := vg.Length(float64(np-1)/2-float64(k)) * chartBarH
 			switch {
 			case c == nil || c.Ratio <= 0:
-				na.XYs = append(na.XYs, plotter.XY{X: 0, Y: float64(y) + off})
-				na.Labels = append(na.Labels, " n/a")
+				na.add(0, float64(y), off, "n/a")
 			default:
 				l := math.Log2(c.Ratio)
 				vals[y] = l
 				if math.Abs(l) > span {
 					x := math.Copysign(span, l)
-					clipped.XYs = append(clipped.XYs, plotter.XY{X: x, Y: float64(y) + off})
-					clipped.Labels = append(clipped.Labels, "×"+ratio(c.Ratio))
+					clipped.add(x, float64(y), off, "×"+ratio(c.Ratio))
 				}
 			}
 		}
@@ -139,28 +140,7 @@ func DrawChart(w io.Writer, res *Result, g group) error {
 	}
 	one.LineStyle.Width = vg.Points(1)
 	p.Add(one)
-	for _, l := range []struct {
-		xy    plotter.XYLabels
-		left  bool
-		color color.Color
-	}{{clipped, false, color.Black}, {na, false, color.Gray{Y: 110}}} {
-		if len(l.xy.XYs) == 0 {
-			continue
-		}
-		lb, err := plotter.NewLabels(l.xy)
-		if err != nil {
-			return err
-		}
-		for i := range lb.TextStyle {
-			lb.TextStyle[i].Font.Size = vg.Points(8)
-			lb.TextStyle[i].Color = l.color
-			lb.TextStyle[i].YAlign = -0.5
-			if lb.XYs[i].X > 0 {
-				lb.TextStyle[i].XAlign = -1 // right-aligned at the right edge
-			}
-		}
-		p.Add(lb)
-	}
+	p.Add(clipped, na)
 	leg.TextStyle.Font.Size = vg.Points(11)
 	leg.Left, leg.Top = true, true
 	leg.Padding = 0.04 * vg.Inch
@@ -188,4 +168,38 @@ func ratioLabel(e int) string {
 		return fmt.Sprintf("×%d", 1<<e)
 	}
 	return fmt.Sprintf("×1/%d", 1<<-e)
+}
+
+// barLabels writes small texts at bars: at value x of row y, moved by off
+// along the row axis like the bar (BarChart.Offset), so a label sits on
+// its bar whatever the plot's height. Labels at x > 0 end there, the
+// others start there.
+type barLabels struct {
+	color color.Color
+	items []barLabel
+}
+
+type barLabel struct {
+	x, y float64
+	off  vg.Length
+	text string
+}
+
+func (l *barLabels) add(x, y float64, off vg.Length, text string) {
+	l.items = append(l.items, barLabel{x, y, off, text})
+}
+
+func (l *barLabels) Plot(c draw.Canvas, p *plot.Plot) {
+	trX, trY := p.Transforms(&c)
+	sty := text.Style{Color: l.color, Font: font.From(plot.DefaultFont, vg.Points(8)), Handler: p.Title.TextStyle.Handler}
+	for _, it := range l.items {
+		st := sty
+		st.YAlign = draw.YCenter
+		pad := vg.Points(2)
+		if it.x > 0 {
+			st.XAlign = draw.XRight
+			pad = -pad
+		}
+		c.FillText(st, vg.Point{X: trX(it.x) + pad, Y: trY(it.y) + it.off}, it.text)
+	}
 }

@@ -26,7 +26,6 @@ const (
 	DevFuse Transport = "devfuse"
 	// Vhost peers are vhost-user-fs backends driven by the Go vhost-user
 	// front-end (internal/vhostfront) with FUSE requests; no mount.
-	// Reserved: no peer or job uses it yet.
 	Vhost Transport = "vhost"
 )
 

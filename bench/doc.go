@@ -20,9 +20,11 @@
 // "devfuse": a FUSE mount served over /dev/fuse, or the host directory
 // itself for native) or over vhost-user (transport "vhost": the Go
 // front-end of internal/vhostfront connects to the daemon's socket and the
-// jobs send FUSE requests themselves; vhost.go, vhostio.go). Jobs declare
-// the transports they run on; the table, the chart and the reference peer
-// (loopback, or the better Rust virtiofsd) are per transport.
+// jobs send FUSE requests themselves; vhost.go, vhostio.go, replay.go for
+// the recorded stream of record.go, syscalls.go for strace counts). Jobs
+// declare the transports they run on; the table, the chart (chart.go,
+// gonum.org/v1/plot) and the reference peer (loopback, or the better Rust
+// virtiofsd) are per transport.
 //
 // Failure policy: a peer that cannot be built, does not mount, dies, hangs
 // past the sample timeout or returns a wrong result (missing files, short
