@@ -102,7 +102,7 @@ func DrawChart(w io.Writer, res *Result, g group) error {
 	grid.Vertical.Color = color.Gray{Y: 215}
 	p.Add(grid)
 
-	clipped := &barLabels{color: color.Black}
+	clipped := &barLabels{color: color.White} // drawn over the end of the bar
 	na := &barLabels{color: color.Gray{Y: 110}}
 	leg := plot.NewLegend()
 	for k, pn := range peers {
