@@ -208,7 +208,12 @@ func (fs *FS) reopen(n *inode.Node, flags int) (int, fuse.Status) {
 	case n.IsDir() && flags&unix.O_ACCMODE != unix.O_RDONLY:
 		return -1, fuse.Status(unix.EISDIR)
 	}
-	fd, err := inode.Reopen(n.FD(), flags)
+	// O_NOFOLLOW has done its work in the guest's kernel, which resolved
+	// the path and refuses a symlink as the last component before any
+	// OPEN is sent (and symlink nodes are refused above). Passed on, it
+	// would make the reopen through /proc/self/fd/N, itself a symlink,
+	// fail with ELOOP: `grep -r` and fts-based tools open files with it.
+	fd, err := inode.Reopen(n.FD(), flags&^unix.O_NOFOLLOW)
 	if err != nil {
 		return -1, errno(err)
 	}

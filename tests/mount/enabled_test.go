@@ -42,6 +42,7 @@ var enabledSuite = map[string]bool{
 	"open_append":                true,
 	"open_create":                true,
 	"open_errors":                true,
+	"open_nofollow":              true,
 	"open_excl":                  true,
 	"open_trunc":                 true,
 	"posix_lock":                 true,

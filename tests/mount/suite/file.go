@@ -16,6 +16,7 @@ func init() {
 	register("open_trunc", openTrunc)
 	register("open_append", openAppend)
 	register("open_errors", openErrors)
+	register("open_nofollow", openNoFollow)
 	register("tmpfile_linkat", tmpfileLinkat)
 	register("read_write_offsets", readWriteOffsets)
 	register("write_large", writeLarge)
@@ -510,4 +511,36 @@ func mmapShared(t *testing.T, e *Env) {
 	// A read-only fd cannot be mapped shared and writable.
 	_, err = unix.Mmap(rfd, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 	wantErrno(t, "writable MAP_SHARED of an O_RDONLY fd", err, unix.EACCES)
+}
+
+// openNoFollow: O_NOFOLLOW refuses a symlink as the last component and
+// nothing else; `grep -r` and fts-based tools (find, rm -r) open every
+// file and directory with it.
+func openNoFollow(t *testing.T, e *Env) {
+	writeFile(t, e.M("f"), "data", 0o644)
+	must(t, "mkdir", os.Mkdir(e.M("d"), 0o755))
+	must(t, "symlink", os.Symlink("f", e.M("l")))
+	fd, err := unix.Open(e.M("f"), unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	must(t, "open regular file O_NOFOLLOW", err)
+	buf := make([]byte, 16)
+	n, err := unix.Read(fd, buf)
+	must(t, "read", err)
+	if string(buf[:n]) != "data" {
+		t.Errorf("read %q, want %q", buf[:n], "data")
+	}
+	unix.Close(fd)
+	fd, err = unix.Open(e.M("f"), unix.O_WRONLY|unix.O_APPEND|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	must(t, "open for append O_NOFOLLOW", err)
+	_, err = unix.Write(fd, []byte("+"))
+	must(t, "append", err)
+	unix.Close(fd)
+	wantContent(t, e.M("f"), "data+")
+	fd, err = unix.Open(e.M("d"), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	must(t, "open directory O_NOFOLLOW", err)
+	unix.Close(fd)
+	_, err = unix.Open(e.M("l"), unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	wantErrno(t, "open symlink O_NOFOLLOW", err, unix.ELOOP)
+	fd, err = unix.Open(e.M("l"), unix.O_NOFOLLOW|unix.O_PATH|unix.O_CLOEXEC, 0)
+	must(t, "open symlink O_PATH|O_NOFOLLOW", err)
+	unix.Close(fd)
 }
