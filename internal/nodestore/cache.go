@@ -41,12 +41,32 @@ type cacheShard struct {
 type recEntry struct {
 	r    Record // r.ID == 0: empty
 	used bool   // CLOCK reference bit
-	hint ixHint // where r's reverse index entry is, if known
+	// Where r's reverse index entry is, if known (see ixHint), packed
+	// into what would be padding: the entry stays 96 bytes.
+	hintOld   bool
+	hintEpoch uint16 // 0: no hint
+	hintPos   uint32
+}
+
+// packHint stores h in e, or no hint if it does not fit.
+func (e *recEntry) packHint(h ixHint) {
+	if h.epoch == 0 || h.epoch > 0xffff || h.pos > 0xffffffff {
+		e.hintOld, e.hintEpoch, e.hintPos = false, 0, 0
+		return
+	}
+	e.hintOld, e.hintEpoch, e.hintPos = h.old, uint16(h.epoch), uint32(h.pos)
+}
+
+func (e *recEntry) hint() ixHint {
+	return ixHint{epoch: uint32(e.hintEpoch), old: e.hintOld, pos: uint64(e.hintPos)}
 }
 
 // ixHint is the position of a record's reverse index entry, so that Delete
 // can write the tombstone without probing for it. It is valid while the
-// store's index epoch is (epoch 0: no hint); see diskStore.hintTable.
+// store's index epoch is (epoch 0: no hint); see diskStore.hintTable. The
+// cache keeps hints whose epoch fits 16 bits and position 32 bits (an
+// index epoch changes a few times per doubling of the table, so a process
+// never gets near 65536).
 type ixHint struct {
 	epoch uint32
 	old   bool // in the old table of a running migration
@@ -150,7 +170,8 @@ func (c *cache) putRecHint(r Record, hint ixHint) {
 			return &set[i].used
 		})
 	}
-	set[victim] = recEntry{r: r, hint: hint}
+	set[victim] = recEntry{r: r}
+	set[victim].packHint(hint)
 }
 
 // getHint returns the index position hint of id, if id is cached with one.
@@ -165,7 +186,7 @@ func (c *cache) getHint(id NodeID) (ixHint, bool) {
 	set := s.recSet(h)
 	for i := range set {
 		if set[i].r.ID == id {
-			return set[i].hint, set[i].hint.epoch != 0
+			return set[i].hint(), set[i].hintEpoch != 0
 		}
 	}
 	return ixHint{}, false
@@ -183,7 +204,7 @@ func (c *cache) setHint(id NodeID, hint ixHint) {
 	set := s.recSet(h)
 	for i := range set {
 		if set[i].r.ID == id {
-			set[i].hint = hint
+			set[i].packHint(hint)
 		}
 	}
 }
