@@ -78,6 +78,9 @@ type instance struct {
 	front  *vhostfront.Frontend
 	queues int
 	init   *fuse.InitOut // the peer's FUSE_INIT reply
+	// cgroup is the daemon's own cgroup v2 directory ("" = none: CPU time
+	// then comes from /proc, see cpu.go).
+	cgroup string
 }
 
 // mountTimeout bounds how long a daemon may take to show up in mountinfo.
@@ -112,10 +115,38 @@ func start(ctx context.Context, d *Daemon, argv []string, shared, mnt, logPath s
 	cmd.Stderr = lf
 	// Own process group: a supervised daemon's children are killed with it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	// Its own cgroup, entered by clone3 itself (cpu.go).
+	cg, cgErr := newCgroup(d.Name)
+	var cgFD *os.File
+	if cgErr == nil {
+		if cgFD, cgErr = os.Open(cg); cgErr == nil {
+			cmd.SysProcAttr.UseCgroupFD = true
+			cmd.SysProcAttr.CgroupFD = int(cgFD.Fd())
+		}
+	}
+	err = cmd.Start()
+	if cgFD != nil {
+		cgFD.Close()
+		if err != nil {
+			// A kernel without CLONE_INTO_CGROUP: start it outside
+			// and move it in (its early children may stay outside).
+			cmd = exec.Command(argv[0], argv[1:]...)
+			cmd.Stdout, cmd.Stderr = lf, lf
+			cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+			if err = cmd.Start(); err == nil {
+				cgErr = os.WriteFile(filepath.Join(cg, "cgroup.procs"), []byte(fmt.Sprint(cmd.Process.Pid)), 0)
+			}
+		}
+	}
+	if err != nil {
+		_ = removeCgroup(cg)
 		return nil, err
 	}
-	inst := &instance{d: d, root: mnt, pid: cmd.Process.Pid, cmd: cmd, done: make(chan struct{}), log: logPath, queues: queues}
+	if cgErr != nil {
+		_ = removeCgroup(cg)
+		cg = ""
+	}
+	inst := &instance{d: d, root: mnt, pid: cmd.Process.Pid, cmd: cmd, done: make(chan struct{}), log: logPath, queues: queues, cgroup: cg}
 	go func() {
 		inst.err = cmd.Wait()
 		close(inst.done)
@@ -246,6 +277,11 @@ func (in *instance) stop() error {
 	_ = syscall.Kill(-in.pid, syscall.SIGKILL)
 	for t0 := time.Now(); syscall.Kill(-in.pid, 0) == nil && time.Since(t0) < 5*time.Second; {
 		time.Sleep(2 * time.Millisecond)
+	}
+	if in.cgroup != "" {
+		if err := removeCgroup(in.cgroup); err != nil && problem == nil {
+			problem = fmt.Errorf("remove cgroup: %w", err)
+		}
 	}
 	if in.root == "" {
 		return problem

@@ -23,9 +23,10 @@ type fioOut struct {
 }
 
 type fioDir struct {
-	BwBytes float64 `json:"bw_bytes"`
-	IOPS    float64 `json:"iops"`
-	ClatNs  struct {
+	BwBytes  float64 `json:"bw_bytes"`
+	TotalIOs float64 `json:"total_ios"`
+	IOPS     float64 `json:"iops"`
+	ClatNs   struct {
 		Percentile map[string]float64 `json:"percentile"`
 	} `json:"clat_ns"`
 }
@@ -61,6 +62,22 @@ func runFio(ctx context.Context, args ...string) (*fioOut, error) {
 	return &res, nil
 }
 
+// fioCPU runs fio like runFio and records the daemon's CPU time per I/O
+// of the run (dir: "read" or "write") for row.
+func fioCPU(ctx context.Context, e *Env, row, dir string, args ...string) (*fioOut, error) {
+	m := e.cpuStart()
+	o, err := runFio(ctx, args...)
+	if err != nil {
+		return nil, err
+	}
+	d := o.Jobs[0].Read
+	if dir == "write" {
+		d = o.Jobs[0].Write
+	}
+	e.cpuOps(row, m, d.TotalIOs, "fio I/O")
+	return o, nil
+}
+
 func p99us(d fioDir) (float64, error) {
 	v, ok := d.ClatNs.Percentile["99.000000"]
 	if !ok {
@@ -84,7 +101,7 @@ func fioJobs(cfg *Config) []*job {
 			rows: []Row{{Name: "fio-seq-read", Unit: "MiB/s", HigherBetter: true,
 				Desc: "fio rw=read bs=1M over the " + sz + " file, fresh mount, after drop_caches"}},
 			run: func(ctx context.Context, e *Env) (map[string]float64, error) {
-				o, err := runFio(ctx, seq(e), "--rw=read", bs, "--size="+size)
+				o, err := fioCPU(ctx, e, "fio-seq-read", "read", seq(e), "--rw=read", bs, "--size="+size)
 				if err != nil {
 					return nil, err
 				}
@@ -96,7 +113,7 @@ func fioJobs(cfg *Config) []*job {
 			rows: []Row{{Name: "fio-seq-write", Unit: "MiB/s", HigherBetter: true,
 				Desc: "fio rw=write bs=1M, " + sz + " to a new file, end_fsync"}},
 			run: func(ctx context.Context, e *Env) (map[string]float64, error) {
-				o, err := runFio(ctx, wfile(e), "--rw=write", bs, "--size="+size, "--end_fsync=1")
+				o, err := fioCPU(ctx, e, "fio-seq-write", "write", wfile(e), "--rw=write", bs, "--size="+size, "--end_fsync=1")
 				if err != nil {
 					return nil, err
 				}
@@ -113,7 +130,7 @@ func fioJobs(cfg *Config) []*job {
 					Desc: "p99 completion latency of that run"},
 			},
 			run: func(ctx context.Context, e *Env) (map[string]float64, error) {
-				o, err := runFio(ctx, seq(e), "--rw=randread", "--bs=4k", "--size="+size, "--fadvise_hint=1", "--time_based", rt)
+				o, err := fioCPU(ctx, e, "fio-randread-4k", "read", seq(e), "--rw=randread", "--bs=4k", "--size="+size, "--fadvise_hint=1", "--time_based", rt)
 				if err != nil {
 					return nil, err
 				}
@@ -129,7 +146,7 @@ func fioJobs(cfg *Config) []*job {
 			rows: []Row{{Name: "fio-randread-4k-4jobs", Unit: "IOPS", HigherBetter: true,
 				Desc: "the same with numjobs=4 (4 requests in flight)"}},
 			run: func(ctx context.Context, e *Env) (map[string]float64, error) {
-				o, err := runFio(ctx, seq(e), "--rw=randread", "--bs=4k", "--size="+size, "--fadvise_hint=1", "--numjobs=4", "--time_based", rt)
+				o, err := fioCPU(ctx, e, "fio-randread-4k-4jobs", "read", seq(e), "--rw=randread", "--bs=4k", "--size="+size, "--fadvise_hint=1", "--numjobs=4", "--time_based", rt)
 				if err != nil {
 					return nil, err
 				}
@@ -143,7 +160,7 @@ func fioJobs(cfg *Config) []*job {
 					Desc: fmt.Sprintf("fio rw=randwrite bs=4k into a laid-out %s file, 1 in flight, for %s, end_fsync", sz, rtS)},
 			},
 			run: func(ctx context.Context, e *Env) (map[string]float64, error) {
-				o, err := runFio(ctx, wfile(e), "--rw=randwrite", "--bs=4k", "--size="+size, "--end_fsync=1", "--time_based", rt)
+				o, err := fioCPU(ctx, e, "fio-randwrite-4k", "write", wfile(e), "--rw=randwrite", "--bs=4k", "--size="+size, "--end_fsync=1", "--time_based", rt)
 				if err != nil {
 					return nil, err
 				}

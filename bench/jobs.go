@@ -30,6 +30,9 @@ type Row struct {
 	RefRow string `json:"ref_row,omitempty"`
 	// NoRatio: the row is a count to read, not a performance to compare.
 	NoRatio bool `json:"no_ratio,omitempty"`
+	// CPUOp, when set, says what one op is for the row's daemon CPU time
+	// per op (Cell.CPUPerOp): "LOOKUP", "file", "1 MiB", …
+	CPUOp string `json:"cpu_op,omitempty"`
 	// noValue says why a peer has no number for this row when the job
 	// ran fine but did not measure it (e.g. the RSS of native).
 	noValue string
@@ -50,6 +53,8 @@ type Env struct {
 	// details: text a job leaves per row (Cell.Detail), e.g. which
 	// syscalls make up a count.
 	details map[string]string
+	// cpu: the daemon's CPU time per timed phase, by row (cpuOps).
+	cpu map[string]opCPU
 }
 
 // want reports whether the job's row name is selected (-rows), so that a
@@ -218,12 +223,14 @@ func walkJob(dir string, p part, n int) *job {
 				idle = rss
 				out["rss-idle-"+c] = mib(rss)
 			}
+			m := e.cpuStart()
 			t0 := time.Now()
 			files, err := walk(ctx, filepath.Join(e.Root, dir))
 			el := time.Since(t0)
 			if err != nil {
 				return nil, err
 			}
+			e.cpuOps("walk-cold-"+c, m, float64(files), "file")
 			if files != n {
 				return nil, fmt.Errorf("walk saw %d files, want %d", files, n)
 			}
@@ -344,6 +351,7 @@ func timedStat(ctx context.Context, e *Env, row string, prime, sync bool) (map[s
 			}
 		}
 	}
+	m := e.cpuStart()
 	t0 := time.Now()
 	for i, p := range paths {
 		if i%1024 == 0 && ctx.Err() != nil {
@@ -353,7 +361,13 @@ func timedStat(ctx context.Context, e *Env, row string, prime, sync bool) (map[s
 			return nil, err
 		}
 	}
-	return map[string]float64{row: perOp(time.Since(t0), n)}, nil
+	el := time.Since(t0)
+	op := "lstat"
+	if sync {
+		op = "statx"
+	}
+	e.cpuOps(row, m, float64(n), op)
+	return map[string]float64{row: perOp(el, n)}, nil
 }
 
 func createUnlink(ctx context.Context, e *Env) (map[string]float64, error) {
@@ -364,6 +378,7 @@ func createUnlink(ctx context.Context, e *Env) (map[string]float64, error) {
 		return nil, err
 	}
 	defer unix.Close(dfd)
+	m := e.cpuStart()
 	t0 := time.Now()
 	for i := range n {
 		fd, err := unix.Openat(dfd, statName(i), unix.O_CREAT|unix.O_EXCL|unix.O_WRONLY|unix.O_CLOEXEC, 0o644)
@@ -380,6 +395,7 @@ func createUnlink(ctx context.Context, e *Env) (map[string]float64, error) {
 		}
 	}
 	el := time.Since(t0)
+	e.cpuOps("create-unlink", m, float64(n), "file")
 	if left, err := countDir(dfd, nil); err != nil {
 		return nil, err
 	} else if left != 0 {
@@ -423,6 +439,7 @@ func readdirPasses(ctx context.Context, e *Env, row string, withStat, warm bool)
 			return nil, err
 		}
 	}
+	m := e.cpuStart()
 	t0 := time.Now()
 	for range passes {
 		if err := ctx.Err(); err != nil {
@@ -432,7 +449,9 @@ func readdirPasses(ctx context.Context, e *Env, row string, withStat, warm bool)
 			return nil, err
 		}
 	}
-	return map[string]float64{row: float64(time.Since(t0).Microseconds()) / 1000 / float64(passes)}, nil
+	el := time.Since(t0)
+	e.cpuOps(row, m, float64(passes), "pass")
+	return map[string]float64{row: float64(el.Microseconds()) / 1000 / float64(passes)}, nil
 }
 
 // countDir reads a directory fd to the end with getdents64 and returns the
@@ -517,6 +536,7 @@ func seqWrite(ctx context.Context, e *Env) (map[string]float64, error) {
 	buf := make([]byte, ioChunk)
 	fill(buf, 0)
 	p := filepath.Join(e.Root, "data", "w.dat")
+	m := e.cpuStart()
 	t0 := time.Now()
 	fd, err := unix.Open(p, unix.O_CREAT|unix.O_TRUNC|unix.O_WRONLY|unix.O_CLOEXEC, 0o644)
 	if err != nil {
@@ -550,6 +570,7 @@ func seqWrite(ctx context.Context, e *Env) (map[string]float64, error) {
 		return nil, fmt.Errorf("close: %w", err)
 	}
 	el := time.Since(t0)
+	e.cpuOps("seq-write", m, mib(size), "MiB")
 	var st unix.Stat_t
 	if err := unix.Stat(p, &st); err != nil {
 		return nil, err
@@ -565,6 +586,7 @@ func seqRead(ctx context.Context, e *Env) (map[string]float64, error) {
 	p := filepath.Join(e.Root, "data", "seq.dat")
 	buf := make([]byte, ioChunk)
 	want := make([]byte, 64)
+	m := e.cpuStart()
 	t0 := time.Now()
 	fd, err := unix.Open(p, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -592,6 +614,7 @@ func seqRead(ctx context.Context, e *Env) (map[string]float64, error) {
 		total += int64(k)
 	}
 	el := time.Since(t0)
+	e.cpuOps("seq-read-cold", m, mib(size), "MiB")
 	if total != size {
 		return nil, fmt.Errorf("read %d bytes, want %d", total, size)
 	}
@@ -624,6 +647,7 @@ func randRead(ctx context.Context, e *Env) (map[string]float64, error) {
 	}
 	buf := make([]byte, page)
 	want := make([]byte, 16)
+	m := e.cpuStart()
 	t0 := time.Now()
 	for i, off := range offs {
 		if i%1024 == 0 && ctx.Err() != nil {
@@ -641,7 +665,9 @@ func randRead(ctx context.Context, e *Env) (map[string]float64, error) {
 			return nil, fmt.Errorf("wrong data at offset %d", off)
 		}
 	}
-	return map[string]float64{"rand-read-4k": perOp(time.Since(t0), len(offs))}, nil
+	el := time.Since(t0)
+	e.cpuOps("rand-read-4k", m, float64(len(offs)), "4 KiB pread")
+	return map[string]float64{"rand-read-4k": perOp(el, len(offs))}, nil
 }
 
 func perOp(d time.Duration, n int) float64 { return float64(d.Nanoseconds()) / 1000 / float64(n) }

@@ -107,6 +107,16 @@ func vhostReplayJob(cfg *Config) *job {
 				return nil, err
 			}
 			passes := func(window int) (lat []time.Duration, el time.Duration, diffs int, err error) {
+				row := "vhost-replay-mixed"
+				if window > 1 {
+					row += fmt.Sprintf("-w%d", window)
+				}
+				m := e.cpuStart()
+				defer func() {
+					if err == nil {
+						e.cpuOps(row, m, float64(len(lat)), "request")
+					}
+				}()
 				for range replayPasses {
 					rp := newReplayer(e.front)
 					l, d, err := rp.run(ctx, rec, window)

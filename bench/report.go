@@ -236,19 +236,32 @@ func ratio(r float64) string {
 	return fmt.Sprintf("%.2g", r)
 }
 
-// writeCPUTable prints the daemons' CPU time per sample (median, ms) for
-// the rows of g that carry it.
+// writeCPUTable prints the daemons' CPU time per op for the rows of g that
+// carry it; results written before CPU per op was recorded get their CPU
+// time per sample instead.
 func writeCPUTable(w io.Writer, res *Result, g group) {
-	var rows []int
+	var rows, old []int
+	sources := map[string]bool{}
 	for _, i := range g.rows {
+		perOp, perSample := false, false
 		for _, c := range res.Rows[i].Cells {
-			if len(c.DaemonCPU) > 0 {
-				rows = append(rows, i)
-				break
+			if len(c.CPUPerOp) > 0 {
+				perOp = true
+				sources[c.CPUSource] = true
 			}
+			perSample = perSample || len(c.DaemonCPU) > 0
+		}
+		if perOp {
+			rows = append(rows, i)
+		} else if perSample {
+			old = append(old, i)
 		}
 	}
-	if len(rows) == 0 {
+	if len(rows) > 0 {
+		writeCPUPerOp(w, res, g, rows, sources)
+		return
+	}
+	if len(old) == 0 {
 		return
 	}
 	fmt.Fprintf(w, "\ndaemon CPU time (user+system) per sample of the job, median ms (10 ms resolution):\n\n| # | row |")
@@ -260,7 +273,7 @@ func writeCPUTable(w io.Writer, res *Result, g group) {
 		fmt.Fprintf(w, "---|")
 	}
 	fmt.Fprintln(w)
-	for _, i := range rows {
+	for _, i := range old {
 		rr := res.Rows[i]
 		fmt.Fprintf(w, "| %d | %s |", i+1, rr.Name)
 		for _, p := range g.peers {
@@ -271,6 +284,50 @@ func writeCPUTable(w io.Writer, res *Result, g group) {
 			}
 			m, _, _ := stats(c.DaemonCPU)
 			fmt.Fprintf(w, " %.0f |", m*1000)
+		}
+		fmt.Fprintln(w)
+	}
+}
+
+// writeCPUPerOp prints the daemon CPU time per op: "median (min–max)
+// ×ratio" in µs, ×ratio > 1 = less CPU than the reference.
+func writeCPUPerOp(w io.Writer, res *Result, g group, rows []int, sources map[string]bool) {
+	var how []string
+	if sources[CPUCgroup] || sources["mixed"] {
+		how = append(how, "cgroup v2 cpu.stat usage_usec of the daemon's own cgroup (every thread and child, exited ones included; µs resolution)")
+	}
+	if sources[CPUProc] || sources["mixed"] {
+		how = append(how, "† /proc/PID/stat utime+stime of the live process tree (10 ms resolution; cgroup v2 unavailable)")
+	}
+	fmt.Fprintf(w, "\ndaemon CPU time (user+system) per op of the row's timed phase, µs: median (min–max) ×ratio, ×ratio > 1 = less CPU than the reference; from %s:\n\n| # | row | op |",
+		strings.Join(how, "; "))
+	for _, p := range g.peers {
+		fmt.Fprintf(w, " %s |", p)
+	}
+	fmt.Fprintf(w, "\n|---|---|---|")
+	for range g.peers {
+		fmt.Fprintf(w, "---|")
+	}
+	fmt.Fprintln(w)
+	for _, i := range rows {
+		rr := res.Rows[i]
+		fmt.Fprintf(w, "| %d | %s | %s |", i+1, rr.Name, orDash(rr.CPUOp))
+		for _, p := range g.peers {
+			c := cellOf(&rr, p)
+			if c == nil || len(c.CPUPerOp) == 0 {
+				fmt.Fprintf(w, " - |")
+				continue
+			}
+			m, lo, hi := stats(c.CPUPerOp)
+			mark := ""
+			if c.CPUSource != CPUCgroup {
+				mark = "†"
+			}
+			fmt.Fprintf(w, " %s%s (%s–%s)", num(m), mark, num(lo), num(hi))
+			if c.CPURatio != 0 {
+				fmt.Fprintf(w, " ×%s", ratio(c.CPURatio))
+			}
+			fmt.Fprintf(w, " |")
 		}
 		fmt.Fprintln(w)
 	}

@@ -72,8 +72,19 @@ type Cell struct {
 	Ratio   float64   `json:"ratio,omitempty"` // 0 = no ratio
 	NA      string    `json:"na,omitempty"`
 	// DaemonCPU is the daemon's user+system CPU seconds during each sample
-	// of the job (10 ms resolution), on the job's first row only.
+	// of the job (the whole job, all its rows), on the job's first row
+	// only.
 	DaemonCPU []float64 `json:"daemon_cpu_s,omitempty"`
+	// CPUPerOp is the daemon's CPU time in µs per op (Row.CPUOp) during
+	// the row's timed phase, one per sample; CPUOps the ops of each
+	// sample; CPUSource where the time came from (CPUCgroup: the
+	// daemon's cgroup v2, µs resolution; CPUProc: /proc/PID/stat of the
+	// live process tree, 10 ms; "mixed"). CPURatio is the reference's
+	// median over this cell's median (> 1 = less CPU per op), 0 = none.
+	CPUPerOp  []float64 `json:"cpu_us_per_op,omitempty"`
+	CPUOps    []float64 `json:"cpu_ops,omitempty"`
+	CPUSource string    `json:"cpu_source,omitempty"`
+	CPURatio  float64   `json:"cpu_ratio,omitempty"`
 	// Detail is what the job said about the number in its last sample
 	// (e.g. which syscalls a syscall count is made of).
 	Detail string `json:"detail,omitempty"`
@@ -126,6 +137,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		}()
 	}
 
+	defer removeCgroupBase() // after the daemons' cgroups (cpu.go)
 	peers, err := buildPeers(ctx, &cfg, filepath.Join(work, "bin"))
 	if err != nil {
 		return nil, err
@@ -200,8 +212,9 @@ type runner struct {
 	canDrop bool
 	res     *Result
 	starts  int
-	// details of the last sample (Env.details)
+	// details and CPU times of the last sample (Env.details, Env.cpu)
 	details map[string]string
+	cpu     map[string]opCPU
 }
 
 // runJob runs one job: for each repetition, every peer once, the order
@@ -211,6 +224,7 @@ func (r *runner) runJob(ctx context.Context, j *job, peers []*Daemon) {
 	cpu := make(map[string][]float64)                // peer → daemon CPU s per sample
 	na := make(map[string]map[string]string)         // row → peer → reason
 	detail := make(map[string]map[string]string)     // row → peer → Cell.Detail
+	opCPUs := make(map[string]map[string][]opCPU)    // row → peer → CPU per timed phase
 	for _, row := range j.rows {
 		samples[row.Name] = map[string][]float64{}
 		na[row.Name] = map[string]string{}
@@ -253,6 +267,12 @@ func (r *runner) runJob(ctx context.Context, j *job, peers []*Daemon) {
 			if v, ok := vals[cpuKey]; ok {
 				cpu[p.Name] = append(cpu[p.Name], v)
 			}
+			for row, c := range r.cpu {
+				if opCPUs[row] == nil {
+					opCPUs[row] = map[string][]opCPU{}
+				}
+				opCPUs[row][p.Name] = append(opCPUs[row][p.Name], c)
+			}
 			for row, d := range r.details {
 				if detail[row] == nil {
 					detail[row] = map[string]string{}
@@ -283,6 +303,18 @@ func (r *runner) runJob(ctx context.Context, j *job, peers []*Daemon) {
 				c.DaemonCPU = cpu[p.Name]
 			}
 			if c.NA == "" {
+				for _, oc := range opCPUs[row.Name][p.Name] {
+					c.CPUPerOp = append(c.CPUPerOp, oc.us/oc.ops)
+					c.CPUOps = append(c.CPUOps, oc.ops)
+					switch c.CPUSource {
+					case "":
+						c.CPUSource = oc.source
+					case oc.source:
+					default:
+						c.CPUSource = "mixed"
+					}
+					rr.CPUOp = oc.op
+				}
 				c.Samples = samples[row.Name][p.Name]
 				if len(c.Samples) == 0 {
 					c.NA = "no samples"
@@ -303,6 +335,7 @@ func (r *runner) runJob(ctx context.Context, j *job, peers []*Daemon) {
 		}
 		if src != nil {
 			setRatiosFrom(&rr, src)
+			setCPURatiosFrom(&rr, src)
 		}
 		r.res.Rows = append(r.res.Rows, rr)
 	}
@@ -416,6 +449,7 @@ func (r *runner) sample(ctx context.Context, j *job, p *Daemon) (map[string]floa
 	}
 	vals, err := r.measure(ctx, j, env)
 	r.details = env.details
+	r.cpu = env.cpu
 	if serr := inst.stop(); serr != nil {
 		msg := fmt.Sprintf("%s: unclean stop after %s: %v", p.Name, j.name, serr)
 		r.log.Warn("unclean stop", "peer", p.Name, "job", j.name, "err", serr)
@@ -448,15 +482,12 @@ func (r *runner) measure(ctx context.Context, j *job, e *Env) (map[string]float6
 		err error
 	}
 	ch := make(chan out, 1)
-	cpu0, cpuErr := 0.0, error(nil)
-	if e.PID != 0 {
-		cpu0, cpuErr = treeCPU(e.PID)
-	}
+	cpu0 := e.cpuStart()
 	go func() {
 		v, err := j.run(ctx, e)
-		if err == nil && e.PID != 0 && cpuErr == nil && !j.restart {
-			if cpu1, err := treeCPU(e.PID); err == nil {
-				v[cpuKey] = cpu1 - cpu0
+		if err == nil && cpu0.ok && !j.restart {
+			if cpu1, src, err := e.inst.cpuUsec(); err == nil && src == cpu0.src {
+				v[cpuKey] = (cpu1 - cpu0.us) / 1e6
 			}
 		}
 		ch <- out{v, err}
@@ -532,6 +563,32 @@ func setRatiosFrom(rr, src *RowResult) {
 			c.Ratio = c.Median / rc.Median
 		} else {
 			c.Ratio = rc.Median / c.Median
+		}
+	}
+}
+
+// setCPURatiosFrom sets each cell's CPURatio to the lowest median CPU
+// per op of src's reference cells over the cell's own (> 1 = less CPU).
+func setCPURatiosFrom(rr, src *RowResult) {
+	best := 0.0
+	for _, c := range src.Cells {
+		if !slices.Contains(rr.Ref, c.Peer) || !c.OK() || len(c.CPUPerOp) == 0 {
+			continue
+		}
+		if m, _, _ := stats(c.CPUPerOp); m > 0 && (best == 0 || m < best) {
+			best = m
+		}
+	}
+	if best == 0 {
+		return
+	}
+	for i := range rr.Cells {
+		c := &rr.Cells[i]
+		if len(c.CPUPerOp) == 0 {
+			continue
+		}
+		if m, _, _ := stats(c.CPUPerOp); m > 0 {
+			c.CPURatio = best / m
 		}
 	}
 }

@@ -331,23 +331,29 @@ func vhostMetaJob(cfg *Config, depth, nq int) *job {
 			cnt := len(names)
 			ids := make([]uint64, cnt)
 			out := map[string]float64{}
+			m := e.cpuStart()
 			lat, el, err := drive(ctx, depth, cnt, lookupAll(e, dir, names, ids, false))
 			if err != nil {
 				return nil, err
 			}
+			e.cpuOps("vhost-lookup-cold"+s, m, float64(cnt), "LOOKUP")
 			out["vhost-lookup-cold"+s] = float64(cnt) / el.Seconds()
 			out["vhost-lookup-cold"+s+"-p99"] = percentileUS(lat, 0.99)
 			if e.want("vhost-lookup-warm" + s) {
+				m := e.cpuStart()
 				_, el, err = drive(ctx, depth, cnt, lookupAll(e, dir, names, ids, true))
 				if err != nil {
 					return nil, err
 				}
+				e.cpuOps("vhost-lookup-warm"+s, m, float64(cnt), "LOOKUP")
 				out["vhost-lookup-warm"+s] = float64(cnt) / el.Seconds()
 			}
+			m = e.cpuStart()
 			lat, el, err = drive(ctx, depth, cnt, getattrAll(e, ids))
 			if err != nil {
 				return nil, err
 			}
+			e.cpuOps("vhost-getattr"+s, m, float64(cnt), "GETATTR")
 			out["vhost-getattr"+s] = float64(cnt) / el.Seconds()
 			out["vhost-getattr"+s+"-p99"] = percentileUS(lat, 0.99)
 			return out, nil
@@ -385,10 +391,12 @@ func vhostGetattrColdJob(cfg *Config, depth int) *job {
 			if err := e.dropCaches(); err != nil {
 				return nil, err
 			}
+			m := e.cpuStart()
 			lat, el, err := drive(ctx, depth, len(ids), getattrAll(e, ids))
 			if err != nil {
 				return nil, err
 			}
+			e.cpuOps("vhost-getattr-cold"+s, m, float64(len(ids)), "GETATTR")
 			return map[string]float64{
 				"vhost-getattr-cold" + s:          float64(len(ids)) / el.Seconds(),
 				"vhost-getattr-cold" + s + "-p99": percentileUS(lat, 0.99),
@@ -474,6 +482,7 @@ func vhostWalkJob(dir string, p part, n int) *job {
 			}
 			nd := walkLayout(n)
 			dirs := make([]uint64, nd)
+			m := e.cpuStart()
 			t0 := time.Now()
 			_, _, err = drive(ctx, depth, nd, func(i int) error {
 				name := fmt.Sprintf("d%05d", i)
@@ -508,6 +517,7 @@ func vhostWalkJob(dir string, p part, n int) *job {
 			if err != nil {
 				return nil, err
 			}
+			e.cpuOps("vhost-walk-"+c, m, float64(n+nd), "LOOKUP")
 			rss, err := treeRSS(e.PID)
 			if err != nil {
 				return nil, err

@@ -151,6 +151,7 @@ func vhostCreateJob(cfg *Config, depth, nq int) *job {
 				return nil, err
 			}
 			cnt := e.Cfg.Files
+			m := e.cpuStart()
 			_, el, err := drive(ctx, depth, cnt, func(i int) error {
 				name := cstr(statName(i))
 				q := e.queue(i)
@@ -175,10 +176,12 @@ func vhostCreateJob(cfg *Config, depth, nq int) *job {
 			if err != nil {
 				return nil, err
 			}
+			e.cpuOps("vhost-create-unlink"+s, m, float64(cnt), "file")
 			res := map[string]float64{"vhost-create-unlink" + s: float64(cnt) / el.Seconds()}
 			if !e.want("vhost-mkdir-rmdir" + s) {
 				return res, nil
 			}
+			m = e.cpuStart()
 			_, el, err = drive(ctx, depth, cnt, func(i int) error {
 				name := cstr(statName(i))
 				in := fuse.MkdirIn{Mode: 0o755}
@@ -201,6 +204,7 @@ func vhostCreateJob(cfg *Config, depth, nq int) *job {
 			if err != nil {
 				return nil, err
 			}
+			e.cpuOps("vhost-mkdir-rmdir"+s, m, float64(cnt), "dir")
 			res["vhost-mkdir-rmdir"+s] = float64(cnt) / el.Seconds()
 			return res, nil
 		},
@@ -221,6 +225,7 @@ func vhostReaddirJob(cfg *Config) *job {
 			if err != nil {
 				return nil, err
 			}
+			m := e.cpuStart()
 			t0 := time.Now()
 			oin := fuse.OpenIn{Flags: syscall.O_RDONLY | syscall.O_DIRECTORY}
 			body, err := call(f, "OPENDIR", vhostfront.OpOpendir, dir, argOf(&oin), nil, int(unsafe.Sizeof(fuse.OpenOut{})))
@@ -255,6 +260,7 @@ func vhostReaddirJob(cfg *Config) *job {
 			if entries != e.Cfg.Files {
 				return nil, fmt.Errorf("READDIRPLUS gave %d entries, want %d", entries, e.Cfg.Files)
 			}
+			e.cpuOps("vhost-readdirplus-cold", m, float64(entries), "entry")
 			return map[string]float64{"vhost-readdirplus-cold": float64(el.Microseconds()) / 1000}, nil
 		},
 	}
@@ -336,6 +342,7 @@ func vhostIOJob(cfg *Config, depth, nq int) *job {
 			}
 			out := map[string]float64{}
 			if e.want("vhost-read-4k"+s) || e.want("vhost-read-4k"+s+"-p99") {
+				m := e.cpuStart()
 				lat, el, err := drive(ctx, depth, k, func(i int) error {
 					in := fuse.ReadIn{Fh: fh, Offset: uint64(perm[i]), Size: page}
 					body, err := callQ(f, e.queue(i), "READ", vhostfront.OpRead, node, argOf(&in), nil, page)
@@ -355,6 +362,7 @@ func vhostIOJob(cfg *Config, depth, nq int) *job {
 				if err != nil {
 					return nil, err
 				}
+				e.cpuOps("vhost-read-4k"+s, m, float64(k), "READ")
 				out["vhost-read-4k"+s] = float64(k) / el.Seconds()
 				out["vhost-read-4k"+s+"-p99"] = percentileUS(lat, 0.99)
 			}
@@ -362,6 +370,7 @@ func vhostIOJob(cfg *Config, depth, nq int) *job {
 			const chunk = 1 << 20
 			if e.want("vhost-read-seq" + s) {
 				nchunks := int((size + chunk - 1) / chunk)
+				m := e.cpuStart()
 				_, el, err := drive(ctx, depth, nchunks, func(i int) error {
 					off := int64(i) * chunk
 					want := min(chunk, size-off)
@@ -378,6 +387,7 @@ func vhostIOJob(cfg *Config, depth, nq int) *job {
 				if err != nil {
 					return nil, err
 				}
+				e.cpuOps("vhost-read-seq"+s, m, mib(size), "MiB")
 				out["vhost-read-seq"+s] = float64(size) / (1 << 20) / el.Seconds()
 			}
 			if err := release(f, vhostfront.OpRelease, node, fh); err != nil {
@@ -397,12 +407,14 @@ func vhostIOJob(cfg *Config, depth, nq int) *job {
 					return nil, err
 				}
 				buf := make([]byte, page)
+				m := e.cpuStart()
 				_, el, err := drive(ctx, depth, k, func(i int) error {
 					return writeAt(f, e.queue(i), co.NodeId, co.Fh, perm[i], buf)
 				})
 				if err != nil {
 					return nil, err
 				}
+				e.cpuOps("vhost-write-4k"+s, m, float64(k), "WRITE")
 				out["vhost-write-4k"+s] = float64(k) / el.Seconds()
 				if err := release(f, vhostfront.OpRelease, co.NodeId, co.Fh); err != nil {
 					return nil, err
@@ -416,6 +428,7 @@ func vhostIOJob(cfg *Config, depth, nq int) *job {
 				buf := make([]byte, wchunk)
 				fill(buf, 0)
 				nchunks := int((size + wchunk - 1) / wchunk)
+				m := e.cpuStart()
 				t0 := time.Now()
 				co, err := createFile(f, dir, "wseq.dat")
 				if err != nil {
@@ -433,6 +446,7 @@ func vhostIOJob(cfg *Config, depth, nq int) *job {
 					return nil, err
 				}
 				el := time.Since(t0)
+				e.cpuOps("vhost-write-seq"+s, m, mib(size), "MiB")
 				out["vhost-write-seq"+s] = float64(size) / (1 << 20) / el.Seconds()
 				if err := release(f, vhostfront.OpRelease, co.NodeId, co.Fh); err != nil {
 					return nil, err
