@@ -845,18 +845,31 @@ func (t *Table) Removed(st *unix.Statx_t) {
 	// disk space) alive; let it go unless a request or open file uses it.
 	t.mu.Lock()
 	var evicted *Node
-	if n, ok := t.byKey[inoKey{idx, st.Ino}]; ok && !n.pinned && n.refs.Load() == 1 {
-		t.removeLocked(n.ringIdx)
-		evicted = n
+	var id NodeID
+	if n, ok := t.byKey[inoKey{idx, st.Ino}]; ok {
+		// A cached node names the file's record: its fd keeps the
+		// inode alive, so no other file can have its number, and the
+		// store's reverse index need not be asked.
+		id = n.ID
+		if !n.pinned && n.refs.Load() == 1 {
+			t.removeLocked(n.ringIdx)
+			evicted = n
+		}
 	}
 	t.mu.Unlock()
 	evicted.Release()
-	rec, err := t.st().ByIno(idx, st.Ino)
-	if err != nil || rec.ID == RootID {
+	if id == 0 {
+		rec, err := t.st().ByIno(idx, st.Ino)
+		if err != nil {
+			return
+		}
+		id = rec.ID
+	}
+	if id == RootID {
 		return
 	}
-	if err := t.st().Delete(rec.ID); err != nil {
-		t.log.Warn("drop the record of a removed file", "nodeid", rec.ID, "err", err)
+	if err := t.st().Delete(id); err != nil && !errors.Is(err, ErrNotFound) {
+		t.log.Warn("drop the record of a removed file", "nodeid", id, "err", err)
 	}
 }
 

@@ -163,7 +163,7 @@ func TestRemovedReleasesInode(t *testing.T) {
 	tab, dir := newTestTable(t, 64, HandlesNever)
 	root := tab.Root()
 	defer root.Release()
-	for _, name := range []string{"gone", "open"} {
+	for _, name := range []string{"gone", "open", "nofd"} {
 		os.WriteFile(filepath.Join(dir, name), []byte(name), 0o644)
 	}
 	gone := lookup(t, tab, root, "gone")
@@ -171,7 +171,12 @@ func TestRemovedReleasesInode(t *testing.T) {
 	gone.Release()
 	open := lookup(t, tab, root, "open") // held, like an open file
 	defer open.Release()
-	for _, name := range []string{"gone", "open"} {
+	var nst unix.Statx_t
+	nofd, err := tab.LookupStat(root, "nofd", &nst) // recorded, no fd cached
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"gone", "open", "nofd"} {
 		var st unix.Statx_t
 		unix.Statx(root.FD(), name, unix.AT_SYMLINK_NOFOLLOW, statxMask, &st)
 		os.Remove(filepath.Join(dir, name))
@@ -181,6 +186,11 @@ func TestRemovedReleasesInode(t *testing.T) {
 	for _, e := range ents {
 		if l, _ := os.Readlink("/proc/self/fd/" + e.Name()); l == filepath.Join(dir, "gone")+" (deleted)" {
 			t.Errorf("fd %s still holds the removed file", e.Name())
+		}
+	}
+	for _, id := range []NodeID{goneID, open.ID, nofd.ID} {
+		if _, err := tab.Store().Get(id); err == nil {
+			t.Errorf("nodeid %d: the removed file's record is kept", id)
 		}
 	}
 	if n, err := tab.Get(goneID); err == nil {
