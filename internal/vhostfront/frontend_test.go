@@ -449,8 +449,16 @@ func TestHeadReusedWhileInFlight(t *testing.T) {
 	if err := q.publishRaw(head); err != nil {
 		t.Fatal(err)
 	}
+	var unblock sync.Once
+	release := func() { unblock.Do(func() { close(e.block) }) }
+	defer release() // a failing test must not leave the handlers blocked
 	want := fmt.Sprintf("driver made head %d available again before it was used", head)
-	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(logs.String(), want); time.Sleep(5 * time.Millisecond) {
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(logs.String(), want); {
+		select {
+		case <-e.began:
+			t.Fatalf("handler called a second time for head %d while its first use is in flight", head)
+		case <-time.After(5 * time.Millisecond):
+		}
 		if time.Now().After(deadline) {
 			t.Fatalf("back-end did not log %q", want)
 		}
@@ -463,7 +471,7 @@ func TestHeadReusedWhileInFlight(t *testing.T) {
 		t.Fatalf("handler called a second time for head %d", head)
 	case <-time.After(200 * time.Millisecond):
 	}
-	close(e.block)
+	release()
 	// The first use completes (its reply) or fails with the queue; either
 	// way without a hang or a crash, and the handler ran once.
 	select {
