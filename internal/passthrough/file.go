@@ -225,8 +225,9 @@ func (fs *FS) reopen(n *inode.Node, flags int) (int, fuse.Status) {
 // The node is recorded from the created fd itself (one statx), without an
 // O_PATH fd: no second open by name, which a host rename could race, and
 // nothing in the fd cache for the UNLINK that often follows. A request
-// that needs the node's fd later re-finds it by name like any node the
-// cache evicted.
+// that needs the node's fd gets one from this open file while the guest
+// holds it (FS.node), and after RELEASE re-finds the file by name like any
+// node the cache evicted.
 func (fs *FS) Create(cancel <-chan struct{}, in *fuse.CreateIn, name string, out *fuse.CreateOut) fuse.Status {
 	parent, st := fs.parentDir(&in.InHeader, name)
 	if !st.Ok() {
