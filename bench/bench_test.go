@@ -29,6 +29,7 @@ func tinyConfig(t *testing.T) Config {
 	cfg.OutDir = filepath.Join(dir, "out")
 	cfg.NoDropCaches = true
 	cfg.Timeout = time.Minute
+	cfg.Install = false // tests never run apt-get
 	return cfg
 }
 

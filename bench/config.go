@@ -29,6 +29,12 @@ type Config struct {
 
 	Timeout time.Duration // per sample; a hung daemon is aborted
 
+	// Install runs scripts/guest/install.sh when the install record lacks
+	// a selected C or Rust virtiofsd peer, and scripts/install-test-deps.sh
+	// when a selected row needs fio or strace and it is missing (root
+	// only; once per process).
+	Install bool
+
 	// NoDropCaches runs the cold rows without drop_caches (they are then
 	// only "fresh mount" cold); for smoke tests on shared machines.
 	NoDropCaches bool
@@ -56,6 +62,7 @@ func DefaultConfig() Config {
 		FS:           "tmpfs",
 		OutDir:       "bench-out",
 		Timeout:      10 * time.Minute,
+		Install:      true,
 	}
 }
 

@@ -171,6 +171,7 @@ func fioJobs(cfg *Config) []*job {
 	}
 	for _, j := range js {
 		j.missing = fioMissing
+		j.tools = []string{"fio"}
 	}
 	return js
 }

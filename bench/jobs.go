@@ -90,6 +90,9 @@ type job struct {
 	missing func() string
 	// cleanup restores the tree natively after every sample (untimed).
 	cleanup func(shared string) error
+	// tools are the commands the job runs (Config.Install installs
+	// them when missing).
+	tools []string
 }
 
 const usPerOp = "µs/op"

@@ -138,6 +138,9 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 
 	defer removeCgroupBase() // after the daemons' cgroups (cpu.go)
+	if cfg.Install {
+		res.Meta.Warnings = append(res.Meta.Warnings, installPeers(ctx, &cfg, log)...)
+	}
 	peers, err := buildPeers(ctx, &cfg, filepath.Join(work, "bin"))
 	if err != nil {
 		return nil, err
@@ -174,6 +177,9 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	if len(selected) == 0 {
 		return nil, errors.New("no row matches -rows")
+	}
+	if cfg.Install {
+		res.Meta.Warnings = append(res.Meta.Warnings, installTools(ctx, &cfg, log, selected)...)
 	}
 	log.Info("generating tree", "dir", shared, "fs", cfg.FS)
 	t0 := time.Now()

@@ -53,7 +53,8 @@ func vhostSyscallsJob(cfg *Config) *job {
 			}
 			return ""
 		},
-		rows: rows,
+		rows:  rows,
+		tools: []string{"strace"},
 		run: func(ctx context.Context, e *Env) (map[string]float64, error) {
 			return syscallsRun(ctx, e, n)
 		},

@@ -54,7 +54,7 @@ func assets() (map[string]string, error) {
 	}
 	f, err := os.Open(filepath.Join(dir, "env"))
 	if err != nil {
-		return nil, fmt.Errorf("peer not installed (%v): run scripts/guest/install.sh as root", err)
+		return nil, fmt.Errorf("peer not installed (%v): run scripts/guest/install.sh as root (the bench does unless -install=false)", err)
 	}
 	defer f.Close()
 	kv := map[string]string{}

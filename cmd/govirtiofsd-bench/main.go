@@ -52,6 +52,7 @@ func run(args []string) int {
 	fl.StringVar(&cfg.GovirtiofsdBin, "govirtiofsd", "", "prebuilt govirtiofsd binary (default: go build ./cmd/govirtiofsd)")
 	fl.StringVar(&cfg.LoopbackBin, "loopback", "", "prebuilt go-fuse loopback binary (default: go build "+"github.com/hanwen/go-fuse/v2/example/loopback)")
 	govArgs := fl.String("govirtiofsd-args", "", "extra space-separated flags for both govirtiofsd peers")
+	fl.BoolVar(&cfg.Install, "install", cfg.Install, "as root, install what is missing: the C and Rust virtiofsd (scripts/guest/install.sh) when the install record lacks a selected one, fio and strace (scripts/install-test-deps.sh) when a selected row needs them")
 	drop := fl.Bool("drop", true, "drop the host's caches (echo 3 > /proc/sys/vm/drop_caches) before cold rows")
 	verbose := fl.Bool("v", false, "log every sample")
 	render := fl.String("render", "", "do not measure: print the table of this results.json and redraw its files into -out")

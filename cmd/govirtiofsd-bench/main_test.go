@@ -19,7 +19,8 @@ func TestSmokeNative(t *testing.T) {
 		"-daemons", "native", "-runs", "2", "-files", "50", "-size", "64KiB",
 		"-randreads", "8", "-walkfiles", "1200", "-bigwalkfiles", "0", "-fioruntime", "100ms",
 		"-fs", "disk", "-workdir", dir, "-out", out,
-		"-drop=false", // do not flush the page cache of a shared CI machine
+		"-drop=false",    // do not flush the page cache of a shared CI machine
+		"-install=false", // and do not install fio on it
 	})
 	if code != 0 {
 		t.Fatalf("exit code %d", code)
