@@ -4,37 +4,21 @@ import (
 	"bufio"
 	"context"
 	"io"
-	"log"
-	"log/slog"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/hanwen/go-fuse/v2/fs"
-	"github.com/hanwen/go-fuse/v2/fuse"
 )
 
-const migrateInit = `#!/bin/busybox sh
-/bin/busybox --install -s /bin
-mkdir -p /proc /sys /dev /mnt /tmp
-mount -t proc proc /proc
-mount -t sysfs sys /sys
-mount -t devtmpfs dev /dev
-for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci fuse virtiofs; do
-	insmod /lib/$m.ko 2>/dev/null
-done
-(sleep 200; poweroff -nf) &
-mount -t virtiofs myfs /mnt && echo R_MOUNT=ok
+var migrateInit = guestScript(200*time.Second, `mount -t virtiofs myfs /mnt && echo R_MOUNT=ok
 cat /mnt/hello.txt >/dev/null
 echo R_READY=1
 i=0
 while true; do i=$((i+1)); echo $i > /mnt/tick-$i; sleep 1; done
-`
+`)
 
 type recordingState struct {
 	mu     sync.Mutex
@@ -63,34 +47,19 @@ func (r *recordingState) LoadState(b []byte) error {
 // which keeps creating files, carries on against the destination back-end.
 // It runs on QEMU 10 (QEMU 7.2 marks vhost-user-fs unmigratable).
 func TestQEMUMigration(t *testing.T) {
-	dir, _ := guestEnv(t)
-	qemu := qemu10(t, dir)
-	work := t.TempDir()
-	shared := filepath.Join(work, "shared")
-	os.MkdirAll(shared, 0o755)
+	w := newGuestWorkspace(t, migrateInit)
+	qemu := qemu10(t, w.Dir)
+	work, shared := w.Work, w.Shared
 	os.WriteFile(filepath.Join(shared, "hello.txt"), []byte("hi\n"), 0o644)
-	initrd := buildInitrd(t, dir, work, migrateInit)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	ctx := t.Context()
 
 	backend := func(name string) (*recordingState, string) {
-		root, err := fs.NewLoopbackRoot(shared)
-		if err != nil {
-			t.Fatal(err)
-		}
 		sock := filepath.Join(work, name+".sock")
-		ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { ln.Close() })
 		rec := &recordingState{}
-		go Serve(ctx, ln, Config{
-			NewHandler: func() Handler {
-				return fuse.NewProtocolServer(fs.NewNodeFS(root, &fs.Options{}), &fuse.MountOptions{Logger: log.New(io.Discard, "", 0)})
-			},
+		serveVhost(ctx, t, sock, Config{
+			NewHandler:  loopbackHandler(t, shared),
 			DeviceState: rec, ExitOnDisconnect: true,
-			Logger: slog.New(slog.NewTextHandler(logWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo})).With("backend", name),
+			Logger: infoLogger(t).With("backend", name),
 		})
 		return rec, sock
 	}
@@ -98,22 +67,11 @@ func TestQEMUMigration(t *testing.T) {
 	defer qcancel()
 	startQEMU := func(name, sock string, extra ...string) (mon string, lines chan string) {
 		mon = filepath.Join(work, name+"-mon.sock")
-		args := append([]string{
-			"-accel", "tcg", "-M", "q35", "-m", "256M", "-smp", "1",
-			"-object", "memory-backend-memfd,id=mem,size=256M,share=on", "-numa", "node,memdev=mem",
-			"-chardev", "socket,id=c0,path=" + sock,
-			"-device", "vhost-user-fs-pci,queue-size=256,chardev=c0,tag=myfs",
-			"-kernel", filepath.Join(dir, "vmlinux"), "-initrd", initrd,
-			"-append", "console=ttyS0 quiet panic=-1",
-			"-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio",
-			"-monitor", "unix:" + mon + ",server=on,wait=off"}, extra...)
-		cmd := exec.CommandContext(qctx, qemu, args...)
-		stdout, _ := cmd.StdoutPipe()
-		cmd.Stderr = cmd.Stdout
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+		stdout := startGuest(t, qemuCommand(qctx, qemu, qemuGuest{
+			Dir: w.Dir, Initrd: w.Initrd, Socket: sock,
+			Memory: "256M", CPUs: 1, QueueSize: 256,
+			Extra: append([]string{"-monitor", "unix:" + mon + ",server=on,wait=off"}, extra...),
+		}))
 		lines = make(chan string, 1000)
 		go func() {
 			sc := bufio.NewScanner(stdout)
