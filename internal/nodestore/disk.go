@@ -84,6 +84,8 @@ type diskStore struct {
 	// tears it, or loses it unsynced, falls back to a copy on disk with
 	// the current nodeid reservation. See writeHeaderLocked.
 	hdrDurable int // +checklocks:mu
+	// noDefer turns off the index write-behind (deferIndexLocked); tests.
+	noDefer bool
 	// fpBits is the largest index (log2 buckets) kept mirrored in memory
 	// (index.fp). Set at open.
 	fpBits uint
@@ -291,9 +293,16 @@ func (s *diskStore) openFiles() error {
 		if err := s.rebuildIndexLocked(); err != nil {
 			return fmt.Errorf("rebuild index: %w", err)
 		}
+	} else if !fresh && hdr.flags&(flagOpen|flagIndexed) == flagOpen|flagIndexed {
+		// The last process stopped without Close: index entries it
+		// wrote behind may be missing.
+		if err := s.recoverIndexLocked(max(hdr.indexed, RootID)); err != nil {
+			return fmt.Errorf("recover index: %w", err)
+		}
 	}
 	s.hdr.reserved = s.next + reserveBatch
-	s.hdr.flags |= flagOpen
+	s.hdr.indexed = s.next
+	s.hdr.flags |= flagOpen | flagIndexed
 	s.hdr.bootID = bootID()
 	if err := s.writeHeaderLocked(true); err != nil {
 		return err
@@ -456,14 +465,25 @@ func (s *diskStore) insertLocked(r Record, put *putSlot) (Record, error) {
 	k := inoKey{r.Mount, r.Ino}
 	var hint ixHint
 	var err error
-	if put != nil {
-		hint, err = s.placeLocked(*put, r.ID)
-	} else {
-		hint, err = s.indexPutHintLocked(k, r.ID)
+	if put == nil {
+		var p putSlot
+		if p, err = s.probePutLocked(k); err == nil {
+			put = &p
+		}
+	}
+	if err == nil {
+		hint, err = s.placeMaybeBehindLocked(*put, r.ID, true)
 	}
 	if err != nil {
 		s.zeroSlotLocked(r.ID)
 		return Record{}, fmt.Errorf("update reverse index: %w", err)
+	}
+	if len(s.ix.pend) >= pendMax {
+		if err := s.flushIndexLocked(); err != nil {
+			// The record and its entry (in memory) are there; the
+			// file catches up at the next flush, or the next Open.
+			s.log.Warn("nodestore: write reverse index", "err", err)
+		}
 	}
 	if r.ID == RootID {
 		// The root must survive even a power loss right after the store
@@ -575,7 +595,13 @@ func (s *diskStore) Update(r Record) error {
 	oldK, newK := inoKey{old.Mount, old.Ino}, inoKey{r.Mount, r.Ino}
 	if tampered || oldK != newK {
 		// Room in the index first: a full disk fails the Update before
-		// it changes anything.
+		// it changes anything. Entries written behind go to the file
+		// first: the next Open's recovery re-indexes only records newer
+		// than the mark, so it must not find one that this older record
+		// has taken the key from.
+		if err := s.flushIndexLocked(); err != nil {
+			return fmt.Errorf("nodestore: update nodeid %d: %w", r.ID, err)
+		}
 		if err := s.maintainIndexLocked(s.migStep); err != nil {
 			return fmt.Errorf("nodestore: update nodeid %d: %w", r.ID, err)
 		}
@@ -676,10 +702,14 @@ func (s *diskStore) Mounts() ([]MountRecord, error) {
 // descriptors, so a concurrent Close or index grow cannot close them under
 // it; what is written meanwhile may or may not be included.
 func (s *diskStore) Sync() error {
-	s.mu.RLock()
+	s.mu.Lock()
 	if s.closed {
-		s.mu.RUnlock()
+		s.mu.Unlock()
 		return ErrClosed
+	}
+	if err := s.flushIndexLocked(); err != nil {
+		s.mu.Unlock()
+		return fmt.Errorf("nodestore: sync: %w", err)
 	}
 	type target struct {
 		fd   int
@@ -695,11 +725,11 @@ func (s *diskStore) Sync() error {
 			for _, t := range ts[:i] {
 				unix.Close(t.fd)
 			}
-			s.mu.RUnlock()
+			s.mu.Unlock()
 			return fmt.Errorf("nodestore: sync: %w", err)
 		}
 	}
-	s.mu.RUnlock()
+	s.mu.Unlock()
 	for _, t := range ts {
 		if serr := unix.Fdatasync(t.fd); serr != nil && err == nil {
 			err = fmt.Errorf("nodestore: sync %s: %w", t.what, serr)
@@ -735,7 +765,10 @@ func (s *diskStore) Close() error {
 	}
 	s.closed = true
 	s.isClosed.Store(true)
-	err := s.syncLocked()
+	err := s.flushIndexLocked()
+	if err == nil {
+		err = s.syncLocked()
+	}
 	if err == nil {
 		// A clean close: the next open need not suspect the index.
 		s.hdr.flags &^= flagOpen

@@ -69,8 +69,12 @@
 //
 // # Durability
 //
-// Process crash (SIGKILL, panic): everything an Insert, Update or Delete
-// wrote is in the page cache when it returns, so the next process sees it
+// Process crash (SIGKILL, panic): every record an Insert, Update or Delete
+// wrote is in the page cache when it returns, so the next process sees it.
+// The reverse index entry of a new record may be written behind (up to
+// 4096 of them, written a page at a time; see deferIndexLocked): the next
+// Open after an unclean stop puts back the entries of the records from the
+// header's "indexed" mark on, in nodeid order (TestCrashWriteBehind)
 // (TestCrashSIGKILL kills a child inserting in a loop and checks that every
 // acknowledged nodeid resolves, by nodeid and by ino, and that no nodeid
 // is handed out twice, across two kill/reopen rounds). Nodeids are
@@ -128,7 +132,9 @@
 //	Get, miss: pread + MAC                    ~1.4–1.5 µs, 1 alloc (name+handle)
 //	ByIno, hit: index pread + record pread    ~2.2 µs
 //	ByIno, miss: the mirror, no read          (an index pread 1 time in ~250)
-//	Insert, new key: 2 pwrites + MAC          (slot, then index entry)
+//	Insert, new key: 1 pwrite + MAC           (the slot; the index entry
+//	                                          is written behind, ~0.1-0.3
+//	                                          pwrite+pread each)
 //	Delete: 2 pwrites                         (slot, and the tombstone where
 //	                                          the cache's hint says, else
 //	                                          after a probe)

@@ -220,6 +220,10 @@ func (s *diskStore) growIndexLocked() error {
 }
 
 func (s *diskStore) startGrowLocked() error {
+	// The migration reads the table from the file.
+	if err := s.flushIndexLocked(); err != nil {
+		return err
+	}
 	bits := s.ix.nextBits()
 	e, found, err := s.ix.firstEmpty()
 	if err != nil {

@@ -40,7 +40,17 @@ type index struct {
 	// a migration, and after a failed write (then probes read the file).
 	// Written with diskStore.mu held exclusively, like the file.
 	fp []byte
+	// pend holds entries written to the mirror but not yet to the file
+	// (write-behind, see diskStore.deferIndex): bucket → hash, nodeid.
+	// Only a mirrored table outside a migration has any; a write to the
+	// file at a bucket supersedes its pending entry.
+	pend map[uint64][2]uint64
 }
+
+// pendMax pending entries are written at once (flushPending): with
+// several per 4 KiB page of the index, a page costs a pread and a pwrite
+// instead of a pwrite per entry.
+const pendMax = 4096
 
 const (
 	fpEmpty = 0
@@ -141,12 +151,17 @@ func (ix *index) probeFP(h uint64, visit func(pos, eh, id uint64) bool) (pos uin
 				return pos, true, true, nil
 			}
 		case want:
-			var b [entrySize]byte
-			if err := preadFull(ix.fd, b[:], int64(pos*entrySize)); err != nil {
-				return 0, false, false, fmt.Errorf("read index: %w", err)
+			var eh, id uint64
+			if e, ok := ix.pend[pos]; ok {
+				eh, id = e[0], e[1]
+			} else {
+				var b [entrySize]byte
+				if err := preadFull(ix.fd, b[:], int64(pos*entrySize)); err != nil {
+					return 0, false, false, fmt.Errorf("read index: %w", err)
+				}
+				eh = binary.LittleEndian.Uint64(b[:])
+				id = binary.LittleEndian.Uint64(b[8:])
 			}
-			eh := binary.LittleEndian.Uint64(b[:])
-			id := binary.LittleEndian.Uint64(b[8:])
 			if id == 0 || id == tombID || fpOf(eh) != f {
 				return 0, false, false, nil
 			}
@@ -177,6 +192,9 @@ func (ix *index) probeFile(h uint64, visit func(pos, eh, id uint64) bool) (uint6
 		for i := uint64(0); i < cnt; i++ {
 			eh := binary.LittleEndian.Uint64(b[i*entrySize:])
 			id := binary.LittleEndian.Uint64(b[i*entrySize+8:])
+			if e, ok := ix.pend[pos+i]; ok { // after the mirror was dropped
+				eh, id = e[0], e[1]
+			}
 			if id == 0 {
 				return pos + i, false, nil
 			}
@@ -198,7 +216,61 @@ func (ix *index) write(pos, h, id uint64) error {
 		ix.fp = nil // the file may or may not have it now
 		return fmt.Errorf("write index: %w", err)
 	}
+	delete(ix.pend, pos)
 	ix.mirror(pos, h, id)
+	return nil
+}
+
+// writeBehind puts h → id at pos in the mirror and the pending entries;
+// flushPending writes it to the file. Only for a table with a mirror.
+func (ix *index) writeBehind(pos, h, id uint64) {
+	if ix.pend == nil {
+		ix.pend = make(map[uint64][2]uint64, pendMax)
+	}
+	ix.pend[pos] = [2]uint64{h, id}
+	ix.mirror(pos, h, id)
+}
+
+// flushPending writes the pending entries to the file: a 4 KiB page with
+// three or more of them is read, patched and written whole, others one
+// entry at a time.
+func (ix *index) flushPending() error {
+	if len(ix.pend) == 0 {
+		return nil
+	}
+	const perPage = 4096 / entrySize
+	byPage := make(map[uint64][]uint64, len(ix.pend))
+	for pos := range ix.pend {
+		byPage[pos/perPage] = append(byPage[pos/perPage], pos)
+	}
+	var page [4096]byte
+	for pg, ps := range byPage {
+		if len(ps) >= 3 {
+			b := page[:min(perPage, ix.size()-pg*perPage)*entrySize]
+			if err := preadFull(ix.fd, b, int64(pg*perPage*entrySize)); err != nil {
+				return fmt.Errorf("read index: %w", err)
+			}
+			for _, pos := range ps {
+				e := ix.pend[pos]
+				o := (pos - pg*perPage) * entrySize
+				binary.LittleEndian.PutUint64(b[o:], e[0])
+				binary.LittleEndian.PutUint64(b[o+8:], e[1])
+			}
+			if err := pwriteFull(ix.fd, b, int64(pg*perPage*entrySize)); err != nil {
+				return fmt.Errorf("write index: %w", err)
+			}
+			for _, pos := range ps {
+				delete(ix.pend, pos)
+			}
+			continue
+		}
+		for _, pos := range ps {
+			e := ix.pend[pos]
+			if err := ix.write(pos, e[0], e[1]); err != nil {
+				return err
+			}
+		}
+	}
 	return nil
 }
 

@@ -131,6 +131,9 @@ func syncDir(dir string) error {
 //	72 migSeq u64        while the index grows: the old table is index.<migSeq>
 //	80 migBits u32
 //	84 zero
+//	88 indexed u64       with flagIndexed: every record below this nodeid
+//	                     has its reverse index entry in the index file
+//	                     (see diskStore.flushIndexLocked)
 //	96 MAC [16]          HMAC-SHA256(headerKey, bytes 0..96)[:16]
 type header struct {
 	seq        uint64
@@ -142,6 +145,7 @@ type header struct {
 	bootID     [16]byte
 	migSeq     uint64
 	migBits    uint32
+	indexed    NodeID
 }
 
 const (
@@ -151,6 +155,7 @@ const (
 	headerMACOff  = 96
 	headerStride  = 4096
 	flagOpen      = 1
+	flagIndexed   = 2 // the indexed field is set
 )
 
 var errHeaderMAC = errors.New("header fails its MAC (wrong key, or the files were tampered with)")
@@ -170,6 +175,7 @@ func (h *header) encode(key []byte) []byte {
 	copy(b[56:72], h.bootID[:])
 	le.PutUint64(b[72:], h.migSeq)
 	le.PutUint32(b[80:], h.migBits)
+	le.PutUint64(b[88:], uint64(h.indexed))
 	m := hmac.New(sha256.New, key)
 	m.Write(b[:headerMACOff])
 	copy(b[headerMACOff:], m.Sum(nil))
@@ -202,6 +208,7 @@ func decodeHeader(b []byte, key []byte) (header, error) {
 	copy(h.bootID[:], b[56:72])
 	h.migSeq = le.Uint64(b[72:])
 	h.migBits = le.Uint32(b[80:])
+	h.indexed = NodeID(le.Uint64(b[88:]))
 	if h.generation == 0 || h.indexBits < minIndexBits || h.indexBits > 40 {
 		return h, errors.New("invalid fields")
 	}

@@ -236,6 +236,15 @@ func (s *diskStore) indexPutLocked(k inoKey, id NodeID) error {
 
 // indexPutHintLocked is indexPutLocked, and returns where the entry went.
 func (s *diskStore) indexPutHintLocked(k inoKey, id NodeID) (ixHint, error) {
+	p, err := s.probePutLocked(k)
+	if err != nil {
+		return ixHint{}, err
+	}
+	return s.placeLocked(p, id)
+}
+
+// probePutLocked finds where indexPutLocked puts the entry for k.
+func (s *diskStore) probePutLocked(k inoKey) (putSlot, error) {
 	var tombIx *index
 	var tomb, oldID uint64
 	var kerr error
@@ -261,9 +270,9 @@ func (s *diskStore) indexPutHintLocked(k inoKey, id NodeID) (ixHint, error) {
 		err = kerr
 	}
 	if err != nil {
-		return ixHint{}, err
+		return putSlot{}, err
 	}
-	return s.placeLocked(putSlot{ix: ix, h: h, pos: pos, replace: found, oldID: NodeID(oldID), tombIx: tombIx, tomb: tomb}, id)
+	return putSlot{ix: ix, h: h, pos: pos, replace: found, oldID: NodeID(oldID), tombIx: tombIx, tomb: tomb}, nil
 }
 
 // putSlot is where indexPutLocked's probe decided to put an entry: over
@@ -281,6 +290,13 @@ type putSlot struct {
 
 // placeLocked writes the entry h → id at p and returns where it went.
 func (s *diskStore) placeLocked(p putSlot, id NodeID) (ixHint, error) {
+	return s.placeMaybeBehindLocked(p, id, false)
+}
+
+// placeMaybeBehindLocked is placeLocked; with behind, for a new record, it
+// may leave the write to the file for later (write-behind, see
+// deferIndex).
+func (s *diskStore) placeMaybeBehindLocked(p putSlot, id NodeID, behind bool) (ixHint, error) {
 	ix, pos := p.ix, p.pos
 	if !p.replace {
 		if p.tombIx == ix {
@@ -294,10 +310,89 @@ func (s *diskStore) placeLocked(p putSlot, id NodeID) (ixHint, error) {
 	} else if p.oldID != id {
 		s.cache.setHint(p.oldID, ixHint{}) // its entry is id's now
 	}
-	if err := ix.write(pos, p.h, uint64(id)); err != nil {
+	if behind && s.deferIndexLocked(ix) {
+		ix.writeBehind(pos, p.h, uint64(id))
+	} else if err := ix.write(pos, p.h, uint64(id)); err != nil {
 		return ixHint{}, err
 	}
 	return s.hintAt(ix, pos), nil
+}
+
+// deferIndexLocked reports whether an entry of a new record in table ix
+// may be written behind: kept in the mirror and ix.pend, and written to
+// the file with others (flushIndexLocked: when pendMax are pending, by
+// Sync and Close, before an index grow and before an Update that changes
+// a key). Records are always written before the call that stores them
+// returns; an entry lost with the process is put back from its record by
+// the next Open (recoverIndexLocked), which re-indexes every record from
+// the header's "indexed" mark on, in nodeid order. Not while the index
+// migrates (the streamer reads the file) nor without a mirror (probes
+// would read the file).
+func (s *diskStore) deferIndexLocked(ix *index) bool {
+	return !s.noDefer && s.mig == nil && ix == &s.ix && ix.fp != nil
+}
+
+// flushIndexLocked writes the pending index entries and then moves the
+// header's mark: every record below s.next has its entry in the file.
+func (s *diskStore) flushIndexLocked() error {
+	if len(s.ix.pend) == 0 && s.hdr.indexed >= s.next {
+		return nil
+	}
+	if err := s.ix.flushPending(); err != nil {
+		return fmt.Errorf("write reverse index: %w", err)
+	}
+	s.hdr.indexed = s.next
+	return s.writeHeaderLocked(false)
+}
+
+// recoverIndexLocked puts back the index entries of the records from
+// nodeid from on, in nodeid order (the newest record of a key wins, as
+// when they were inserted): after a process crash, those written behind
+// may be missing. Entries already there are found and kept.
+func (s *diskStore) recoverIndexLocked(from NodeID) error {
+	buf := make([]byte, 256*slotSize)
+	sb := new(slotBuf)
+	n := 0
+	for off := int64(from) * slotSize; off < s.allocEnd; off += int64(len(buf)) {
+		b := buf[:min(int64(len(buf)), s.allocEnd-off)]
+		if err := preadFull(s.recFD, b, off); err != nil {
+			return err
+		}
+		for i := 0; i+slotSize <= len(b); i += slotSize {
+			id := NodeID((off + int64(i)) / slotSize)
+			if id == 0 {
+				continue
+			}
+			copy(sb.main[:], b[i:i+slotSize])
+			if err := s.readExtLocked(sb); err != nil {
+				return err
+			}
+			var r Record
+			if s.mac.decodeSlot(sb, id, &r) != slotOK {
+				continue
+			}
+			if s.mig == nil && s.ix.needsGrow() {
+				if err := s.growIndexLocked(); err != nil {
+					return err
+				}
+			}
+			p, err := s.probePutLocked(inoKey{r.Mount, r.Ino})
+			if err != nil {
+				return err
+			}
+			if p.replace && p.oldID == id {
+				continue // the entry made it to the file
+			}
+			if _, err := s.placeLocked(p, id); err != nil {
+				return err
+			}
+			n++
+		}
+	}
+	if n > 0 {
+		s.log.Info("nodestore: reverse index entries put back after an unclean stop", "records", n, "from", uint64(from))
+	}
+	return nil
 }
 
 // hintAt is the hint for an entry at pos of table ix.
