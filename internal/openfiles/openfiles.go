@@ -23,6 +23,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash"
 	"log/slog"
 	"os"
 	"sync"
@@ -71,11 +72,16 @@ type Table struct {
 	mac []byte
 	log *slog.Logger
 
-	mu      sync.Mutex
-	live    map[uint64]Entry // +checklocks:mu
-	free    []uint64         // +checklocks:mu slots to reuse
-	nextFH  uint64           // +checklocks:mu
-	resumed map[uint64]Entry // +checklocks:mu entries a predecessor left
+	mu sync.Mutex
+	// sealer is HMAC-SHA256 keyed with mac, made once and Reset per
+	// slot: keying it again for every OPEN and RELEASE cost two extra
+	// SHA-256 blocks and four allocations each.
+	sealer  hash.Hash         // +checklocks:mu
+	sum     [sha256.Size]byte // +checklocks:mu
+	live    map[uint64]Entry  // +checklocks:mu
+	free    []uint64          // +checklocks:mu slots to reuse
+	nextFH  uint64            // +checklocks:mu
+	resumed map[uint64]Entry  // +checklocks:mu entries a predecessor left
 }
 
 // OpenMemory returns a table that is not persisted.
@@ -96,6 +102,9 @@ func Open(path string, key []byte, log *slog.Logger) (*Table, error) {
 	m := hmac.New(sha256.New, key)
 	m.Write([]byte("govirtiofsd/openfiles/v1"))
 	t := &Table{f: f, mac: m.Sum(nil), log: log, live: map[uint64]Entry{}, resumed: map[uint64]Entry{}, nextFH: 1}
+	t.sealer = hmac.New(sha256.New, t.mac)
+	t.mu.Lock() // seal's lock; nobody else has t yet
+	defer t.mu.Unlock()
 	st, err := f.Stat()
 	if err != nil {
 		f.Close()
@@ -137,14 +146,15 @@ func decode(b []byte) Entry {
 	}
 }
 
-// seal computes the MAC of a slot's sealed bytes.
+// seal computes the MAC of a slot's sealed bytes. The result is valid
+// until the next call.
 func (t *Table) seal(slot uint64, b []byte) []byte {
-	m := hmac.New(sha256.New, t.mac)
+	t.sealer.Reset()
 	var s [8]byte
 	binary.LittleEndian.PutUint64(s[:], slot)
-	m.Write(s[:])
-	m.Write(b[:sealed])
-	return m.Sum(nil)[:macLen]
+	t.sealer.Write(s[:])
+	t.sealer.Write(b[:sealed])
+	return t.sealer.Sum(t.sum[:0])[:macLen]
 }
 
 // Add records a new open file and returns its fh.

@@ -58,3 +58,20 @@ func TestTamperedSlotIgnored(t *testing.T) {
 		t.Fatal("slot sealed with another key was resumed")
 	}
 }
+
+// BenchmarkAddRemove is the table's share of an OPEN and its RELEASE.
+func BenchmarkAddRemove(b *testing.B) {
+	t, err := Open(filepath.Join(b.TempDir(), "open-files"), make([]byte, 32), nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer t.Close()
+	b.ReportAllocs()
+	for i := range b.N {
+		fh, err := t.Add(uint64(i+2), 0, File)
+		if err != nil {
+			b.Fatal(err)
+		}
+		t.Remove(fh)
+	}
+}
