@@ -7,8 +7,12 @@ package engine
 
 import (
 	"encoding/binary"
+	"errors"
 	"log/slog"
 	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 )
@@ -31,6 +35,12 @@ type Options struct {
 	// Passthrough negotiates FUSE passthrough (max_stack_depth 1), for
 	// /dev/fuse connections whose file system registers backing files.
 	Passthrough bool
+	// Barrier, if set, runs after each request is handled and before its
+	// reply goes back to the transport: what the file system deferred
+	// (node records written behind) must be durable before the client
+	// can see a reply that names it. An error replaces a successful
+	// reply with EIO, or ENOSPC when the error says so.
+	Barrier func() error
 }
 
 // DefaultMaxWrite is the largest payload negotiated by default (256 pages,
@@ -40,9 +50,13 @@ const DefaultMaxWrite = 1 << 20
 // Engine serves the FUSE requests of one connection. HandleRequest may be
 // called from many goroutines at once.
 type Engine struct {
-	ps     *fuse.ProtocolServer
-	fs     FileSystem
-	onInit func([]byte)
+	ps      *fuse.ProtocolServer
+	fs      FileSystem
+	onInit  func([]byte)
+	barrier func() error
+	log     *slog.Logger
+	// lastBarrierLog is when a failed barrier was last logged (UnixNano).
+	lastBarrierLog atomic.Int64
 
 	mu      sync.Mutex
 	initReq []byte // the INIT request as received, for replay
@@ -66,7 +80,7 @@ func New(fs FileSystem, opts Options) *Engine {
 		EnableLocks:       true,
 		MaxStackDepth:     map[bool]int{true: 1}[opts.Passthrough],
 	}
-	return &Engine{ps: fuse.NewProtocolServer(fs, mo), fs: fs, onInit: opts.OnInit}
+	return &Engine{ps: fuse.NewProtocolServer(fs, mo), fs: fs, onInit: opts.OnInit, barrier: opts.Barrier, log: opts.Logger}
 }
 
 const (
@@ -91,12 +105,39 @@ func (e *Engine) HandleRequest(in, out [][]byte) (int, fuse.Status) {
 	}
 	isInit := op == opInit
 	n, st := e.ps.HandleRequest(in, out)
+	if e.barrier != nil {
+		n = e.applyBarrier(out, n)
+	}
 	if isInit && st.Ok() {
 		if req := e.recordInit(in, out, n); req != nil && e.onInit != nil {
 			e.onInit(req)
 		}
 	}
 	return n, st
+}
+
+// applyBarrier runs the barrier and, if it fails, turns a successful reply
+// of n bytes in out into an error reply; it returns the reply length.
+func (e *Engine) applyBarrier(out [][]byte, n int) int {
+	err := e.barrier()
+	if err == nil || n < outHeaderSize || len(out) == 0 || len(out[0]) < outHeaderSize {
+		return n
+	}
+	if int32(binary.LittleEndian.Uint32(out[0][4:])) != 0 {
+		return n // already an error
+	}
+	code := syscall.EIO
+	if errors.Is(err, syscall.ENOSPC) {
+		code = syscall.ENOSPC
+	}
+	// Rate-limited: on a full state disk every new node fails this way.
+	if now := time.Now().UnixNano(); now-e.lastBarrierLog.Load() > int64(10*time.Second) {
+		e.lastBarrierLog.Store(now)
+		e.log.Warn("reply withheld: what it names could not be made durable (logged at most every 10 s)", "err", err, "errno", code)
+	}
+	binary.LittleEndian.PutUint32(out[0][0:], outHeaderSize)
+	binary.LittleEndian.PutUint32(out[0][4:], uint32(-int32(code)))
+	return outHeaderSize
 }
 
 // recordInit keeps the INIT request and tells the file system the flags
