@@ -89,6 +89,9 @@ type diskStore struct {
 	// fpBits is the largest index (log2 buckets) kept mirrored in memory
 	// (index.fp). Set at open.
 	fpBits uint
+	// wb holds the records written behind (Options.WriteBehindRecords);
+	// nil without the option. Set at open.
+	wb *writeBehind
 }
 
 // writeHeaderLocked writes s.hdr over the copy that is not known durable;
@@ -178,6 +181,9 @@ func openGen(dir string, opts Options, gen uint64) (*diskStore, error) {
 	if err := s.openFiles(); err != nil {
 		s.closeFiles()
 		return nil, fmt.Errorf("nodestore: open %s: %w", dir, err)
+	}
+	if opts.WriteBehindRecords {
+		s.wb = newWriteBehind(s.recFD)
 	}
 	return s, nil
 }
@@ -340,7 +346,10 @@ func (s *diskStore) getLocked(id NodeID) (Record, error) {
 	buf := s.bufs.Get().(*slotBuf)
 	defer s.bufs.Put(buf)
 	off := int64(id) * slotSize
-	err := preadFull(s.recFD, buf.main[:], off)
+	var err error
+	if s.wb == nil || !s.wb.read(id, buf.main[:]) {
+		err = preadFull(s.recFD, buf.main[:], off)
+	}
 	if err == nil {
 		err = s.readExtLocked(buf)
 	}
@@ -458,7 +467,8 @@ func (s *diskStore) insertLocked(r Record, put *putSlot) (Record, error) {
 	r = cloneRecord(r)
 	r.ID = s.next
 	s.next++ // from here on, failure skips the nodeid
-	if err := s.writeRecordLocked(&r); err != nil {
+	// The root is written through: it is synced below.
+	if err := s.writeRecordLocked(&r, s.wb != nil && r.ID != RootID, true); err != nil {
 		s.zeroSlotLocked(r.ID)
 		return Record{}, err
 	}
@@ -514,7 +524,10 @@ func (s *diskStore) readExtLocked(buf *slotBuf) error {
 
 // writeRecordLocked seals r and writes it: first its overflow slot, if it
 // needs one, then its slot, so that a failure leaves the old slot intact.
-func (s *diskStore) writeRecordLocked(r *Record) error {
+// With behind (write-behind on) the slot goes to s.wb instead; fresh says
+// r.ID was never written (an Insert). Without behind, a pending version of
+// the slot is dropped first, so that no flush overwrites the new one.
+func (s *diskStore) writeRecordLocked(r *Record, behind, fresh bool) error {
 	buf := s.bufs.Get().(*slotBuf)
 	defer s.bufs.Put(buf)
 	var idx uint64
@@ -527,6 +540,15 @@ func (s *diskStore) writeRecordLocked(r *Record) error {
 		if err := pwriteFull(s.extFD, buf.ext[:], int64(idx)*extSlotSize); err != nil {
 			return fmt.Errorf("write overflow record: %w", err)
 		}
+	}
+	if behind {
+		if err := s.wb.add(r.ID, &buf.main, fresh); err != nil {
+			return fmt.Errorf("write record: %w", err)
+		}
+		return nil
+	}
+	if s.wb != nil {
+		s.wb.drop(r.ID)
 	}
 	if err := pwriteFull(s.recFD, buf.main[:], int64(r.ID)*slotSize); err != nil {
 		return fmt.Errorf("write record: %w", err)
@@ -572,6 +594,9 @@ func (s *diskStore) allocLocked(end int64) error {
 // space). Errors are ignored: the caller already fails, and a slot that
 // stays half written fails its MAC.
 func (s *diskStore) zeroSlotLocked(id NodeID) {
+	if s.wb != nil {
+		s.wb.drop(id)
+	}
 	var zero [slotSize]byte
 	_ = pwriteFull(s.recFD, zero[:], int64(id)*slotSize)
 	s.cache.delRec(id)
@@ -607,7 +632,11 @@ func (s *diskStore) Update(r Record) error {
 		}
 	}
 	hint, _ := s.cache.getHint(r.ID)
-	if err := s.writeRecordLocked(&r); err != nil {
+	// Written behind only if the key stays (a rename): an Update that
+	// moves the record to another key rewrites index entries in the
+	// file now, which must not name a record still in memory.
+	behind := s.wb != nil && !tampered && oldK == newK
+	if err := s.writeRecordLocked(&r, behind, false); err != nil {
 		s.cache.delRec(r.ID)
 		return fmt.Errorf("nodestore: update nodeid %d: %w", r.ID, err)
 	}
@@ -650,6 +679,9 @@ func (s *diskStore) Delete(id NodeID) error {
 		}
 	}
 	hint, _ := s.cache.getHint(id)
+	if s.wb != nil {
+		s.wb.drop(id)
+	}
 	var zero [slotSize]byte
 	if err := pwriteFull(s.recFD, zero[:], int64(id)*slotSize); err != nil {
 		return fmt.Errorf("nodestore: delete nodeid %d: %w", id, err)
@@ -765,7 +797,10 @@ func (s *diskStore) Close() error {
 	}
 	s.closed = true
 	s.isClosed.Store(true)
-	err := s.flushIndexLocked()
+	err := s.flushIndexLocked() // and the records written behind
+	if s.wb != nil {
+		s.wb.close()
+	}
 	if err == nil {
 		err = s.syncLocked()
 	}

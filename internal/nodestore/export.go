@@ -163,6 +163,13 @@ func (s *diskStore) export(e *exportWriter) error {
 // scanLocked calls fn for every record that verifies, in nodeid order.
 // Records that fail their MAC are logged, counted and skipped.
 func (s *diskStore) scanLocked(fn func(*Record) error) (bad int, err error) {
+	if s.wb != nil {
+		// Reads the file in bulk: the records written behind go there
+		// first.
+		if err := s.wb.flush(); err != nil {
+			return 0, err
+		}
+	}
 	end := min(s.allocEnd, int64(s.next)*slotSize)
 	buf := make([]byte, 1024*slotSize)
 	sb := new(slotBuf)
@@ -419,7 +426,7 @@ func (d *diskSink) record(r Record) error {
 	if err := s.allocLocked(int64(r.ID+1) * slotSize); err != nil {
 		return err
 	}
-	if err := s.writeRecordLocked(&r); err != nil {
+	if err := s.writeRecordLocked(&r, false, true); err != nil {
 		return err
 	}
 	return s.indexPutLocked(inoKey{r.Mount, r.Ino}, r.ID)

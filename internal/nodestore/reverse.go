@@ -220,6 +220,9 @@ func (s *diskStore) slotKeyLocked(id NodeID) (inoKey, error) {
 	}
 	buf := s.bufs.Get().(*slotBuf)
 	defer s.bufs.Put(buf)
+	if s.wb != nil && s.wb.read(id, buf.main[:]) {
+		return slotKey(buf.main[:]), nil
+	}
 	if err := preadFull(s.recFD, buf.main[:], int64(id)*slotSize); err != nil {
 		return inoKey{}, err
 	}
@@ -332,9 +335,16 @@ func (s *diskStore) deferIndexLocked(ix *index) bool {
 	return !s.noDefer && s.mig == nil && ix == &s.ix && ix.fp != nil
 }
 
-// flushIndexLocked writes the pending index entries and then moves the
-// header's mark: every record below s.next has its entry in the file.
+// flushIndexLocked writes the records written behind, then the pending
+// index entries, and then moves the header's mark: every record below
+// s.next has its entry in the file. (Records first: an index entry in the
+// file never names a record that a crash can still lose.)
 func (s *diskStore) flushIndexLocked() error {
+	if s.wb != nil {
+		if err := s.wb.flush(); err != nil {
+			return err
+		}
+	}
 	if len(s.ix.pend) == 0 && s.hdr.indexed >= s.next {
 		return nil
 	}

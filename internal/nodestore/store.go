@@ -128,6 +128,22 @@ type Options struct {
 	// Logger receives tamper reports and recovery notes; nil means
 	// slog.Default().
 	Logger *slog.Logger
+	// WriteBehindRecords defers the write of the records that Insert,
+	// LookupOrInsert and Update store (Update only when it keeps the
+	// record's (mount, ino); the root's record is always written) to the
+	// next Flush (see Flusher), which writes each run of consecutive
+	// nodeids with one pwrite: a request that creates hundreds of nodes
+	// (READDIRPLUS of a new directory) costs a few pwrites instead of one
+	// per node. Until Flush (or Sync or Close) returns, such a record is
+	// NOT durable: a crash of the process may lose it, and the next
+	// process then reads its nodeid as ErrNotFound. Every call of this
+	// store sees it meanwhile, as if it were written. At most 256 records
+	// are pending: a write that finds the buffer full writes it first.
+	// The caller must call Flush before it lets anyone outside the
+	// process learn of a pending record (the FUSE reply naming the
+	// nodeid). Without it, every record is written before the call that
+	// stores it returns.
+	WriteBehindRecords bool
 }
 
 func cloneRecord(r Record) Record {

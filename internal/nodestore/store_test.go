@@ -37,6 +37,22 @@ func constructors() []constructor {
 			}
 			return s
 		}},
+		{"disk-writebehind", func(t testing.TB) Store {
+			// Nothing flushed but by a full buffer, Sync and Close: every
+			// read of a new record is served from the pending buffer.
+			s, err := Open(t.TempDir(), Options{Logger: quietLogger(), WriteBehindRecords: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return s
+		}},
+		{"disk-writebehind-tinycache", func(t testing.TB) Store {
+			s, err := Open(t.TempDir(), Options{Logger: quietLogger(), CacheBytes: 1, WriteBehindRecords: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return s
+		}},
 	}
 }
 
