@@ -6,7 +6,8 @@
 //
 //	vhostbench -socket /run/vfs.sock -op read -file big -size 131072 -c 16 -d 10s
 //
-// Ops: getattr (root), lookup (-file in root), statfs, read (-file, -size
+// Ops: getattr (root), getattr-dir (every entry of directory -file, looked
+// up first; run from the shared directory), lookup (-file in root), statfs, read (-file, -size
 // bytes per request at increasing offsets, wrapping at -span).
 package main
 
@@ -71,6 +72,16 @@ func run() error {
 		initOut.Major, initOut.Minor, initOut.MaxWrite, feat, proto, f.NumQueues())
 
 	var nodeid, fh uint64 = 1, 0
+	var many []uint64 // getattr-dir: the nodeids of -file's entries
+	if *op == "getattr-dir" {
+		if *file == "" {
+			return errors.New("-file (a directory in the root) is required for getattr-dir")
+		}
+		if many, err = lookupAll(f, *file); err != nil {
+			return err
+		}
+		fmt.Printf("looked up %d entries of %s\n", len(many), *file)
+	}
 	if *op == "lookup" || *op == "read" {
 		if *file == "" {
 			return errors.New("-file is required for " + *op)
@@ -94,6 +105,8 @@ func run() error {
 		switch *op {
 		case "getattr":
 			_, st, err = f.GetAttr(nodeid)
+		case "getattr-dir":
+			_, st, err = f.GetAttr(many[(w*7919+i)%len(many)])
 		case "statfs":
 			_, st, err = f.StatFs(nodeid)
 		case "lookup":
@@ -165,4 +178,26 @@ func run() error {
 	}
 	fmt.Printf(", latency p50 %v p99 %v\n", pct(0.5), pct(0.99))
 	return nil
+}
+
+// lookupAll looks up every entry of directory dir (in the root) and returns
+// their nodeids.
+func lookupAll(f *vhostfront.Frontend, dir string) ([]uint64, error) {
+	d, st, err := f.Lookup(1, dir)
+	if err != nil || !st.Ok() {
+		return nil, fmt.Errorf("LOOKUP %s: %v %v", dir, st, err)
+	}
+	names, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("list %s on the host (run from the shared directory): %w", dir, err)
+	}
+	var ids []uint64
+	for _, n := range names {
+		e, st, err := f.Lookup(d.NodeId, n.Name())
+		if err != nil || !st.Ok() {
+			return nil, fmt.Errorf("LOOKUP %s/%s: %v %v", dir, n.Name(), st, err)
+		}
+		ids = append(ids, e.NodeId)
+	}
+	return ids, nil
 }
