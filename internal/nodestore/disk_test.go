@@ -487,8 +487,12 @@ func TestMain(m *testing.M) {
 
 // crashChild inserts records forever, printing each nodeid once Insert
 // returned, until the parent kills it.
+//
+// With NODESTORE_CRASH_WB=n it writes records behind and inserts n at a
+// time (a READDIRPLUS), printing them only after Flush returned.
 func crashChild(dir string) {
-	ds, err := open(dir, Options{Logger: quietLogger(), CacheBytes: 1 << 16})
+	batch, _ := strconv.Atoi(os.Getenv("NODESTORE_CRASH_WB"))
+	ds, err := open(dir, Options{Logger: quietLogger(), CacheBytes: 1 << 16, WriteBehindRecords: batch > 0})
 	if err != nil {
 		fmt.Println("ERR", err)
 		os.Exit(1)
@@ -498,6 +502,25 @@ func crashChild(dir string) {
 	}
 	var s Store = ds
 	base, _ := strconv.ParseUint(os.Getenv("NODESTORE_CRASH_BASE"), 10, 64)
+	if batch > 0 {
+		var out []byte
+		for i := base; ; i += uint64(batch) {
+			out = out[:0]
+			for j := i; j < i+uint64(batch); j++ {
+				id, err := s.Insert(rec(0, j, 1, fmt.Sprint("c", j)))
+				if err != nil {
+					fmt.Println("ERR", err)
+					os.Exit(1)
+				}
+				out = fmt.Appendf(out, "%d %d\n", id, j)
+			}
+			if err := ds.Flush(); err != nil {
+				fmt.Println("ERR", err)
+				os.Exit(1)
+			}
+			os.Stdout.Write(out) // the reply, after the Flush
+		}
+	}
 	for i := base; ; i++ {
 		id, err := s.Insert(rec(0, i, 1, fmt.Sprint("c", i)))
 		if err != nil {
@@ -510,21 +533,39 @@ func crashChild(dir string) {
 }
 
 func TestCrashSIGKILL(t *testing.T) {
-	dir := t.TempDir()
-	acked := map[NodeID]uint64{}
-	var maxID NodeID
 	// Round 2 runs index migrations one entry per insert: the grow at
 	// 91750 entries then lasts ~13k inserts, and the kill comes 2k inserts
 	// into it (the child runs ahead by up to a pipe buffer, ~4k lines).
-	rounds := []struct{ killAfter, migStep int }{{20000, 0}, {27777, 0}, {-(91750 + 2000), 1}}
+	rounds := []crashRound{{20000, 0}, {27777, 0}, {-(91750 + 2000), 1}}
 	if testing.Short() {
-		rounds = []struct{ killAfter, migStep int }{{2500, 0}, {3472, 0}}
+		rounds = []crashRound{{2500, 0}, {3472, 0}}
 	}
+	crashRounds(t, rounds, 0)
+}
+
+// TestCrashSIGKILLWriteBehind is TestCrashSIGKILL with records written
+// behind, 300 per Flush: every record acknowledged after its Flush
+// survives the kill (the ones inserted since are not acknowledged).
+func TestCrashSIGKILLWriteBehind(t *testing.T) {
+	rounds := []crashRound{{20000, 0}, {27777, 0}, {-(91750 + 2000), 1}}
+	if testing.Short() {
+		rounds = []crashRound{{2500, 0}, {3472, 0}}
+	}
+	crashRounds(t, rounds, 300)
+}
+
+type crashRound struct{ killAfter, migStep int }
+
+func crashRounds(t *testing.T, rounds []crashRound, wbBatch int) {
+	dir := t.TempDir()
+	acked := map[NodeID]uint64{}
+	var maxID NodeID
 	for round, rd := range rounds {
 		cmd := exec.Command(os.Args[0], "-test.run=^$")
 		cmd.Env = append(os.Environ(), crashEnv+"="+dir,
 			"NODESTORE_CRASH_BASE="+strconv.Itoa(round*10_000_000),
-			"NODESTORE_CRASH_MIGSTEP="+strconv.Itoa(rd.migStep))
+			"NODESTORE_CRASH_MIGSTEP="+strconv.Itoa(rd.migStep),
+			"NODESTORE_CRASH_WB="+strconv.Itoa(wbBatch))
 		out, err := cmd.StdoutPipe()
 		if err != nil {
 			t.Fatal(err)
