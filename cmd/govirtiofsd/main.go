@@ -263,7 +263,7 @@ func serveDevFuse(ctx context.Context, c *config, fsys *passthrough.FS, table *i
 	if c.fusePassthrough && os.Geteuid() == 0 {
 		fsys.EnableBacking(devfuse.Backing{FD: fd})
 	}
-	eng := engine.New(fsys, engine.Options{Logger: log, OnInit: saveInit(stateDir, log), Passthrough: c.fusePassthrough})
+	eng := engine.New(fsys, engine.Options{Logger: log, OnInit: saveInit(stateDir, log), Passthrough: c.fusePassthrough, Barrier: storeBarrier(table)})
 	if resume {
 		req, err := loadInit(stateDir)
 		if err != nil {

@@ -172,7 +172,7 @@ func (m *migration) LoadState(state []byte) error {
 // dir's nodes folder. The old folder is renamed to aside, for the caller to
 // remove once the old store is closed.
 func (m *migration) importTable(r *bytes.Reader, key []byte) (store inode.Store, aside string, err error) {
-	opts := nodestore.Options{Logger: m.log, Key: key}
+	opts := nodestore.Options{Logger: m.log, Key: key, WriteBehindRecords: true}
 	dir, err := m.c.resolvedStateDir()
 	if err != nil {
 		return nil, "", err

@@ -60,7 +60,7 @@ func serveVhostUser(ctx context.Context, c *config, fsys *passthrough.FS, table 
 	tracker := &connTracker{}
 	cfg := vhostuser.Config{
 		NewHandler: func() vhostuser.Handler {
-			eng := engine.New(fsys, engine.Options{Logger: log})
+			eng := engine.New(fsys, engine.Options{Logger: log, Barrier: storeBarrier(table)})
 			mig.setEngine(eng)
 			return eng
 		},
