@@ -50,6 +50,12 @@ func fsName(dir string) string {
 
 // onFreshStores runs f on a new store per filesystem.
 func onFreshStores(b *testing.B, f func(b *testing.B, s Store)) {
+	onFreshStoresOpts(b, Options{}, f)
+}
+
+// onFreshStoresOpts is onFreshStores with opts (Logger is set).
+func onFreshStoresOpts(b *testing.B, opts Options, f func(b *testing.B, s Store)) {
+	opts.Logger = quietLogger()
 	for _, fs := range benchFSes() {
 		b.Run(fs.name, func(b *testing.B) {
 			var s Store = OpenMemory()
@@ -59,7 +65,7 @@ func onFreshStores(b *testing.B, f func(b *testing.B, s Store)) {
 					b.Fatal(err)
 				}
 				defer os.RemoveAll(dir)
-				if s, err = Open(dir, Options{Logger: quietLogger()}); err != nil {
+				if s, err = Open(dir, opts); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -198,4 +204,42 @@ func BenchmarkLookupOrInsertCold(b *testing.B) {
 			}
 		}
 	})
+}
+
+// readdirplusNodes is the number of new nodes a BenchmarkReaddirplusNew
+// "request" records: a cold directory's READDIRPLUS replies, or a chunk of
+// a cold `ls -l` of 10k files.
+const readdirplusNodes = 1000
+
+// BenchmarkReaddirplusNew is one request that records readdirplusNodes new
+// nodes (LookupOrInsert of new (mount, ino)s) and then Flushes before its
+// reply, as the daemon does: "off" writes each record when it is stored,
+// "writebehind" (Options.WriteBehindRecords) one pwrite per run of
+// consecutive nodeids at the Flush or when 256 are pending. One op is the
+// whole request; cpu-ns/node is the CPU time per new node.
+func BenchmarkReaddirplusNew(b *testing.B) {
+	for _, wb := range []bool{false, true} {
+		name := "off"
+		if wb {
+			name = "writebehind"
+		}
+		b.Run(name, func(b *testing.B) {
+			onFreshStoresOpts(b, Options{WriteBehindRecords: wb}, func(b *testing.B, s Store) {
+				fl, _ := s.(Flusher)
+				for i := 0; b.Loop(); i++ {
+					for j := range readdirplusNodes {
+						if _, ins, err := s.LookupOrInsert(benchRec(i*readdirplusNodes + j)); err != nil || !ins {
+							b.Fatal(err, ins)
+						}
+					}
+					if fl != nil {
+						if err := fl.Flush(); err != nil {
+							b.Fatal(err)
+						}
+					}
+				}
+				b.ReportMetric(float64(cpuTime()-cpuStart)/float64(b.N*readdirplusNodes), "cpu-ns/node")
+			})
+		})
+	}
 }
