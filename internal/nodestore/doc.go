@@ -82,6 +82,24 @@
 // any of them is used, so neither a process crash nor a power loss can
 // reuse one; a restart skips the rest of the batch.
 //
+// With Options.WriteBehindRecords, the records of Insert, LookupOrInsert
+// and Update (one that keeps the record's key) are NOT written when the
+// call returns: they wait, sealed, in a buffer of at most 256 slots, and
+// survive a process crash only once Flush (or Sync, Close, an index flush
+// or a full buffer) has written them, each run of consecutive nodeids with
+// one pwrite (writebehind.go). The caller calls Flush before the nodeids
+// leave the process (the daemon: after each request, before its reply); a
+// record lost unflushed reads as ErrNotFound in the next process, as one
+// lost in a host crash (TestWriteBehindFlushCrash,
+// TestCrashSIGKILLWriteBehind). Flush writes every pending record, not only
+// the caller's, so a request that found a record another request has just
+// inserted is covered by its own Flush. Meanwhile the store serves pending
+// records from the buffer. Index entries written to the file directly
+// (during an index migration, or for an index too big to mirror) may name
+// a record that is then lost: a lookup checks every entry against its
+// record, so that costs a dead entry until the next rebuild, never a wrong
+// answer.
+//
 // Host crash / power loss: the header's nodeid reservation and generation,
 // the key, the mount table and the root record (nodeid 1) are fsync'ed
 // when written. Header writes that only name index files (a grow starting
@@ -117,6 +135,7 @@
 //
 //	diskStore.mu (RWMutex)  →  cache shard mu (Mutex)
 //	diskStore.mu (RWMutex)  →  diskStore.reportMu (Mutex)
+//	diskStore.mu (RWMutex)  →  writeBehind.mu (Mutex)
 //
 // diskStore.mu is held shared by Get (on a cache miss), ByIno, Mounts and
 // Export, and by Sync only to duplicate the descriptors it then syncs
@@ -124,7 +143,9 @@
 // Delete, PutMount and Close; it guards the file offsets, the nodeid counter, the header,
 // the index and a running index migration. Cache shard locks and reportMu
 // are leaves, taken with or without diskStore.mu. A Get that hits the
-// cache takes only a shard lock. memStore has a single RWMutex.
+// cache takes only a shard lock. writeBehind.mu (Options.WriteBehindRecords)
+// is a leaf too: Flush takes it alone, after an atomic check that anything
+// is pending. memStore has a single RWMutex.
 //
 // # Costs (1M records, 2 cores shared with other work, page cache warm)
 //
@@ -138,6 +159,11 @@
 //	Delete: 2 pwrites                         (slot, and the tombstone where
 //	                                          the cache's hint says, else
 //	                                          after a probe)
+//
+// With Options.WriteBehindRecords, a request that records 1000 new nodes
+// and then Flushes (BenchmarkReaddirplusNew, ext4) costs 0.15 pwrites per
+// node instead of 1.14 (4 of them for the records, the rest index pages),
+// ~1.35 instead of ~1.87 µs of CPU per node.
 //
 // (BenchmarkLookupOrInsertNew, BenchmarkChurn and the Small benchmarks
 // measure these against --state-dir=none on a fresh store.)

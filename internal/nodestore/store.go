@@ -60,7 +60,8 @@ type Store interface {
 	// Insert stores r under a new nodeid (r.ID is ignored) and points the
 	// reverse index for (r.Mount, r.Ino) at it, replacing an older entry
 	// (host inode number reuse). When it returns, the record survives a
-	// crash of the process (see the package doc for host crashes).
+	// crash of the process (see the package doc for host crashes) —
+	// with Options.WriteBehindRecords only once Flush has returned.
 	Insert(r Record) (NodeID, error)
 	// LookupOrInsert returns the record ByIno(r.Mount, r.Ino) would
 	// return, or inserts r if there is none, atomically: concurrent
