@@ -243,3 +243,20 @@ func BenchmarkReaddirplusNew(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkLookupNewFlush is a LOOKUP of a new file as the daemon runs it
+// with Options.WriteBehindRecords: LookupOrInsert, then Flush before the
+// reply (one pwrite of one slot, as without the option).
+func BenchmarkLookupNewFlush(b *testing.B) {
+	onFreshStoresOpts(b, Options{WriteBehindRecords: true}, func(b *testing.B, s Store) {
+		fl := s.(Flusher)
+		for i := 0; b.Loop(); i++ {
+			if _, ins, err := s.LookupOrInsert(benchRec(i)); err != nil || !ins {
+				b.Fatal(err, ins)
+			}
+			if err := fl.Flush(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
