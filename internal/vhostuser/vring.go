@@ -14,6 +14,7 @@ import (
 	"github.com/govirtiofsd/govirtiofsd/internal/vhostuser/wire"
 	"github.com/govirtiofsd/govirtiofsd/internal/virtqueue"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
 )
 
 // vring is one virtqueue of a connection.
@@ -73,6 +74,9 @@ type runner struct {
 	// most once (pop refuses a driver that reuses one early), so a ring
 	// reads its chains into these without allocating.
 	slots []request
+	// wake interrupts the kick goroutine's wait (stop); the goroutine
+	// closes it when it returns.
+	wake *os.File
 }
 
 // request is one popped chain. It holds a reference on the memory table
@@ -200,7 +204,13 @@ func (v *vring) start() error {
 	if err != nil {
 		return fmt.Errorf("vring %d: %w", v.index, err)
 	}
-	r := &runner{done: make(chan struct{}), abandoned: make(chan struct{}), slots: make([]request, q.Size())}
+	wfd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	if err != nil {
+		q.Close()
+		return fmt.Errorf("vring %d: wake eventfd: %w", v.index, err)
+	}
+	r := &runner{done: make(chan struct{}), abandoned: make(chan struct{}), slots: make([]request, q.Size()),
+		wake: os.NewFile(uintptr(wfd), "vring-wake")}
 	v.mu.Lock()
 	v.q, v.cur, v.broken = q, r, false
 	v.inflight = make([]bool, q.Size())
@@ -232,7 +242,7 @@ func (v *vring) stop(abandonAfter time.Duration) {
 		return
 	}
 	r.stopping.Store(true)
-	_ = v.kick.SetReadDeadline(aLongTimeAgo())
+	signal(r.wake) // fails harmlessly if the kick goroutine already closed it
 	finished := make(chan struct{})
 	go func() {
 		<-r.done
@@ -258,7 +268,6 @@ wait:
 			v.log.Warn("vring stop is waiting for in-flight requests", "seconds", time.Since(start).Round(time.Second))
 		}
 	}
-	_ = v.kick.SetReadDeadline(time.Time{})
 	v.mu.Lock()
 	v.base = v.q.LastAvail()
 	v.usedIdx = v.q.UsedIdx()
@@ -317,18 +326,68 @@ func (v *vring) loop(r *runner, kick *os.File) {
 		defer close(r.work)
 	}
 	defer v.recoverRing()
-	var buf [8]byte
+	defer r.wake.Close()
+	kfd, wfd := rawFD(kick), rawFD(r.wake)
+	if kfd < 0 || wfd < 0 {
+		v.log.Error("kick or wake eventfd unusable; ring stops")
+		return
+	}
 	for !r.stopping.Load() {
 		if v.enabled.Load() && !v.drain(r) {
 			return
 		}
-		if _, err := kick.Read(buf[:]); err != nil {
-			if !r.stopping.Load() {
-				v.log.Error("reading kick eventfd; ring stops", "err", err)
-			}
+		if r.stopping.Load() {
+			return
+		}
+		if err := waitKick(r, kfd, wfd); err != nil {
+			v.log.Error("waiting for a kick; ring stops", "err", err)
 			return
 		}
 	}
+}
+
+// waitKick blocks in poll(2) until the driver kicks (or stop wakes us)
+// and consumes the kick.
+//
+// Why poll in a plain blocking syscall and not a read through Go's
+// netpoller: parking the goroutine and waking it through epoll costs the
+// runtime more than the request it waits for (GETATTR with one request
+// in flight: 8.2 -> 4.9 us of daemon CPU per request, 59k -> 82k
+// requests/s on a 2-core VM; no worse at 4 or 16 in flight). The ring
+// goroutine keeps its thread while it waits, as a virtiofsd ring thread
+// does.
+//
+// kfd and wfd stay open while this runs: the kick fd is closed only after
+// stop, which wakes us through wfd first, and wfd only by the caller.
+func waitKick(r *runner, kfd, wfd int) error {
+	fds := []unix.PollFd{{Fd: int32(kfd), Events: unix.POLLIN}, {Fd: int32(wfd), Events: unix.POLLIN}}
+	for {
+		_, err := unix.Poll(fds, -1)
+		if err == nil {
+			break
+		}
+		if err != unix.EINTR {
+			return fmt.Errorf("poll kick eventfd: %w", err)
+		}
+	}
+	if r.stopping.Load() {
+		return nil
+	}
+	var buf [8]byte
+	if _, err := unix.Read(kfd, buf[:]); err != nil && err != unix.EAGAIN {
+		return fmt.Errorf("read kick eventfd: %w", err)
+	}
+	return nil
+}
+
+// rawFD returns f's descriptor without switching it to blocking mode (as
+// f.Fd would), or -1.
+func rawFD(f *os.File) int {
+	fd := -1
+	if rc, err := f.SyscallConn(); err == nil {
+		rc.Control(func(u uintptr) { fd = int(u) })
+	}
+	return fd
 }
 
 // drain serves every available chain. It returns false if the ring broke.
