@@ -503,22 +503,24 @@ func crashChild(dir string) {
 	var s Store = ds
 	base, _ := strconv.ParseUint(os.Getenv("NODESTORE_CRASH_BASE"), 10, 64)
 	if batch > 0 {
-		var out []byte
+		ids := make([]NodeID, batch)
 		for i := base; ; i += uint64(batch) {
-			out = out[:0]
-			for j := i; j < i+uint64(batch); j++ {
-				id, err := s.Insert(rec(0, j, 1, fmt.Sprint("c", j)))
-				if err != nil {
+			for j := range ids {
+				var err error
+				if ids[j], err = s.Insert(rec(0, i+uint64(j), 1, fmt.Sprint("c", i+uint64(j)))); err != nil {
 					fmt.Println("ERR", err)
 					os.Exit(1)
 				}
-				out = fmt.Appendf(out, "%d %d\n", id, j)
 			}
 			if err := ds.Flush(); err != nil {
 				fmt.Println("ERR", err)
 				os.Exit(1)
 			}
-			os.Stdout.Write(out) // the reply, after the Flush
+			// The replies, after the Flush; a line per write (below
+			// PIPE_BUF, so a kill cannot leave half a line).
+			for j, id := range ids {
+				fmt.Fprintf(os.Stdout, "%d %d\n", id, i+uint64(j))
+			}
 		}
 	}
 	for i := base; ; i++ {

@@ -337,8 +337,9 @@ func (s *diskStore) deferIndexLocked(ix *index) bool {
 
 // flushIndexLocked writes the records written behind, then the pending
 // index entries, and then moves the header's mark: every record below
-// s.next has its entry in the file. (Records first: an index entry in the
-// file never names a record that a crash can still lose.)
+// s.next has its entry in the file. (Records first: the entries it writes
+// never name a record that a crash can still lose; see the package doc
+// for the entries written directly.)
 func (s *diskStore) flushIndexLocked() error {
 	if s.wb != nil {
 		if err := s.wb.flush(); err != nil {
