@@ -23,7 +23,8 @@ for target in \
 	./internal/nodestore:FuzzDecodeSlot \
 	./internal/nodestore:FuzzDecodeMounts \
 	./internal/nodestore:FuzzDecodeHeader \
-	./internal/nodestore:FuzzImport; do
+	./internal/nodestore:FuzzImport \
+	./internal/nodestore:FuzzWriteBehind; do
 	pkg=${target%%:*} fn=${target#*:}
 	echo "=== FUZZ $fn ($pkg, ${FUZZTIME:-10s})"
 	if go test "$pkg" -run '^$' -fuzz "^$fn\$" -fuzztime "${FUZZTIME:-10s}" 2>&1 | tail -3; then
