@@ -350,24 +350,7 @@ func TestIdentitySupervisedKill(t *testing.T) {
 	}()
 	time.Sleep(300 * time.Millisecond)
 
-	// Kill the serving process, not the supervisor.
-	kids, err := mounttest.Children(d.Pid())
-	if err != nil || len(kids) == 0 {
-		t.Fatalf("no serving child under the supervisor pid %d: %v", d.Pid(), err)
-	}
-	must(t, syscall.Kill(kids[0], syscall.SIGKILL))
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		now, _ := mounttest.Children(d.Pid())
-		if len(now) > 0 && now[0] != kids[0] {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the supervisor did not restart the serving process within 15s\n%s", d.Log())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Logf("killed serving pid %d under supervisor %d; the supervisor started pid %d", kids[0], d.Pid(), func() int { k, _ := mounttest.Children(d.Pid()); return k[0] }())
+	killServing(t, d)
 	time.Sleep(300 * time.Millisecond)
 	stop.Store(true)
 	wg.Wait()
@@ -432,6 +415,30 @@ func TestIdentitySupervisedKill(t *testing.T) {
 	want := fmt.Sprintf("%d\n%d\n%d\n%d\nIN cwd", cwdSt.Ino, fileSt.Ino, cwdSt.Ino, fileSt.Ino)
 	if got := cwdOut.String(); got != want {
 		t.Errorf("cwd process printed %q, want %q", got, want)
+	}
+}
+
+// killServing kills the serving process of a --supervise daemon (not the
+// supervisor) with SIGKILL and waits until the supervisor has started the
+// next one.
+func killServing(t *testing.T, d *mounttest.Daemon) {
+	t.Helper()
+	kids, err := mounttest.Children(d.Pid())
+	if err != nil || len(kids) == 0 {
+		t.Fatalf("no serving child under the supervisor pid %d: %v", d.Pid(), err)
+	}
+	must(t, syscall.Kill(kids[0], syscall.SIGKILL))
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		now, _ := mounttest.Children(d.Pid())
+		if len(now) > 0 && now[0] != kids[0] {
+			t.Logf("killed serving pid %d under supervisor %d; the supervisor started pid %d", kids[0], d.Pid(), now[0])
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the supervisor did not restart the serving process within 15s\n%s", d.Log())
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 
@@ -706,22 +713,7 @@ func TestIdentityReaddirplusKill(t *testing.T) {
 		must(t, unix.Fstat(fd, &st))
 		inos[i] = st.Ino
 	}
-	kids, err := mounttest.Children(d.Pid())
-	if err != nil || len(kids) == 0 {
-		t.Fatalf("no serving child under the supervisor pid %d: %v", d.Pid(), err)
-	}
-	must(t, syscall.Kill(kids[0], syscall.SIGKILL))
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		now, _ := mounttest.Children(d.Pid())
-		if len(now) > 0 && now[0] != kids[0] {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the supervisor did not restart the serving process within 15s\n%s", d.Log())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	killServing(t, d)
 	// A forced GETATTR by nodeid for every entry: the successor knows
 	// each one only from the records the killed process wrote.
 	bad := 0
