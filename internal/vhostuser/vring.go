@@ -392,19 +392,13 @@ func rawFD(f *os.File) int {
 
 // drain serves every available chain. It returns false if the ring broke.
 //
-// Served inline, completions are published one by one but the driver is
-// interrupted once per pass over the ring (and at least every
-// notifyBatch completions), as the kernel's vhost does: a driver with
-// many requests in flight then takes one interrupt for a batch of
-// replies instead of one per reply, and a lone request is still answered
-// at once, since the ring is empty after it.
+// Served inline, each completion is published and, if the driver asks for
+// it, signalled at once: the driver refills the ring while the rest are
+// served. (Signalling once per pass over the ring instead made GETATTR of
+// 10k nodes at 16 in flight 142k instead of 208k requests/s and cost more
+// CPU per request: the driver sat idle while the ring thread worked
+// through the batch, then the ring thread while the driver refilled it.)
 func (v *vring) drain(r *runner) bool {
-	pending := 0
-	defer func() {
-		if pending > 0 {
-			v.notify(r)
-		}
-	}()
 	for !r.stopping.Load() {
 		req, err := v.pop(r)
 		if err != nil {
@@ -423,18 +417,10 @@ func (v *vring) drain(r *runner) bool {
 			}
 			continue
 		}
-		v.complete(req, false)
-		if pending++; pending >= notifyBatch {
-			v.notify(r)
-			pending = 0
-		}
+		v.serve(req)
 	}
 	return true
 }
-
-// notifyBatch bounds the completions an inline ring publishes before it
-// interrupts the driver.
-const notifyBatch = 16
 
 // pop returns the next valid chain, or nil once the ring is empty with
 // notifications re-enabled (or the ring is disabled, broken, or no longer
@@ -469,7 +455,7 @@ func (v *vring) pop(r *runner) (*request, error) {
 			if v.badChains++; v.badChains <= 10 || v.badChains%1000 == 0 {
 				v.log.Warn("malformed descriptor chain refused", "head", head, "err", err, "count", v.badChains)
 			}
-			v.pushLocked(head, 0, true)
+			v.pushLocked(head, 0)
 			continue
 		}
 		v.inflight[head] = true
@@ -513,13 +499,9 @@ func (v *vring) recoverRing() {
 	}
 }
 
-// serve runs the Handler on one request, completes it and interrupts the
-// driver if it asks for it.
-func (v *vring) serve(req *request) { v.complete(req, true) }
-
-// complete runs the Handler on one request and returns the chain to the
-// driver; with notify, it also interrupts the driver if it asks for it.
-func (v *vring) complete(req *request, notify bool) {
+// serve runs the Handler on one request, returns the chain to the driver
+// and interrupts the driver if it asks for it.
+func (v *vring) serve(req *request) {
 	head := req.chain.Head
 	n := v.handle(&req.chain)
 	v.d.dirty.markChain(&req.chain, n)
@@ -530,30 +512,18 @@ func (v *vring) complete(req *request, notify bool) {
 	if v.cur != req.r {
 		return // the ring was stopped without waiting for us
 	}
-	v.pushLocked(head, n, notify)
-}
-
-// notify interrupts the driver if it wants to hear about the entries
-// pushed so far by run r.
-func (v *vring) notify(r *runner) {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	if v.cur == r && v.q != nil {
-		v.notifyLocked()
-	}
+	v.pushLocked(head, n)
 }
 
 // pushLocked returns a chain to the driver, logs the used-ring write for
-// migration and, with notify, interrupts the driver if it asks for it.
-func (v *vring) pushLocked(head uint16, n uint32, notify bool) {
+// migration and interrupts the driver if it asks for it.
+func (v *vring) pushLocked(head uint16, n uint32) {
 	v.inflight[head] = false
 	v.q.Push(head, n)
 	if v.logUsed {
 		v.d.dirty.mark(v.logAddr, virtqueue.UsedRingBytes(v.q.Size()))
 	}
-	if notify {
-		v.notifyLocked()
-	}
+	v.notifyLocked()
 }
 
 // notifyLocked interrupts the driver if it wants to hear about the
