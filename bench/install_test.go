@@ -14,7 +14,7 @@ import (
 // missing tool runs scripts/install-test-deps.sh once.
 func TestInstallsMissingPeersAndTools(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("the installers run as root only")
+		t.Fatal("needs root, as the whole test suite does (the installers run as root only)")
 	}
 	guest := t.TempDir()
 	t.Setenv("GOVIRTIOFSD_GUEST_DIR", guest)
