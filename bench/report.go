@@ -89,15 +89,8 @@ func WriteTable(w io.Writer, res *Result) {
 	notes := map[string]int{}
 	var noteList []string
 	for _, g := range groups(res) {
-		fmt.Fprintf(w, "\n### %s (reference: %s)\n\n| # | row | unit |", g.transport, strings.Join(g.ref, " or "))
-		for _, p := range g.peers {
-			fmt.Fprintf(w, " %s |", p)
-		}
-		fmt.Fprintf(w, "\n|---|---|---|")
-		for range g.peers {
-			fmt.Fprintf(w, "---|")
-		}
-		fmt.Fprintln(w)
+		fmt.Fprintf(w, "\n### %s (reference: %s)\n\n", g.transport, strings.Join(g.ref, " or "))
+		writeHeader(w, []string{"#", "row", "unit"}, g.peers)
 		for _, i := range g.rows {
 			rr := res.Rows[i]
 			fmt.Fprintf(w, "| %d | %s | %s |", i+1, rr.Name, rr.Unit)
@@ -264,15 +257,8 @@ func writeCPUTable(w io.Writer, res *Result, g group) {
 	if len(old) == 0 {
 		return
 	}
-	fmt.Fprintf(w, "\ndaemon CPU time (user+system) per sample of the job, median ms (10 ms resolution):\n\n| # | row |")
-	for _, p := range g.peers {
-		fmt.Fprintf(w, " %s |", p)
-	}
-	fmt.Fprintf(w, "\n|---|---|")
-	for range g.peers {
-		fmt.Fprintf(w, "---|")
-	}
-	fmt.Fprintln(w)
+	fmt.Fprintf(w, "\ndaemon CPU time (user+system) per sample of the job, median ms (10 ms resolution):\n\n")
+	writeHeader(w, []string{"#", "row"}, g.peers)
 	for _, i := range old {
 		rr := res.Rows[i]
 		fmt.Fprintf(w, "| %d | %s |", i+1, rr.Name)
@@ -289,6 +275,13 @@ func writeCPUTable(w io.Writer, res *Result, g group) {
 	}
 }
 
+// writeHeader prints a Markdown table header: the fixed columns, then one
+// column per peer.
+func writeHeader(w io.Writer, fixed, peers []string) {
+	cols := append(append([]string(nil), fixed...), peers...)
+	fmt.Fprintf(w, "| %s |\n|%s\n", strings.Join(cols, " | "), strings.Repeat("---|", len(cols)))
+}
+
 // writeCPUPerOp prints the daemon CPU time per op: "median (min–max)
 // ×ratio" in µs, ×ratio > 1 = less CPU than the reference.
 func writeCPUPerOp(w io.Writer, res *Result, g group, rows []int, sources map[string]bool) {
@@ -299,16 +292,9 @@ func writeCPUPerOp(w io.Writer, res *Result, g group, rows []int, sources map[st
 	if sources[CPUProc] || sources["mixed"] {
 		how = append(how, "† /proc/PID/stat utime+stime of the live process tree (10 ms resolution; cgroup v2 unavailable)")
 	}
-	fmt.Fprintf(w, "\ndaemon CPU time (user+system) per op of the row's timed phase, µs: median (min–max) ×ratio, ×ratio > 1 = less CPU than the reference; from %s:\n\n| # | row | op |",
+	fmt.Fprintf(w, "\ndaemon CPU time (user+system) per op of the row's timed phase, µs: median (min–max) ×ratio, ×ratio > 1 = less CPU than the reference; from %s:\n\n",
 		strings.Join(how, "; "))
-	for _, p := range g.peers {
-		fmt.Fprintf(w, " %s |", p)
-	}
-	fmt.Fprintf(w, "\n|---|---|---|")
-	for range g.peers {
-		fmt.Fprintf(w, "---|")
-	}
-	fmt.Fprintln(w)
+	writeHeader(w, []string{"#", "row", "op"}, g.peers)
 	for _, i := range rows {
 		rr := res.Rows[i]
 		fmt.Fprintf(w, "| %d | %s | %s |", i+1, rr.Name, orDash(rr.CPUOp))
