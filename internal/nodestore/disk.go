@@ -488,7 +488,13 @@ func (s *diskStore) insertLocked(r Record, put *putSlot) (Record, error) {
 		s.zeroSlotLocked(r.ID)
 		return Record{}, fmt.Errorf("update reverse index: %w", err)
 	}
-	if len(s.ix.pend) >= pendMax {
+	if len(s.ix.pend) >= pendMax || put.replace && put.oldID != r.ID && put.oldID >= s.hdr.indexed {
+		// Full, or r took the key from a record that the next Open's
+		// recovery would re-index too (from the mark on): move the
+		// mark past both, so that if r is deleted, recovery cannot
+		// give the key back to the older record (see
+		// recoverIndexLocked). Taking a key from a live record is rare
+		// (host inode reuse the daemon did not see).
 		if err := s.flushIndexLocked(); err != nil {
 			// The record and its entry (in memory) are there; the
 			// file catches up at the next flush, or the next Open.
@@ -657,8 +663,11 @@ func (s *diskStore) Update(r Record) error {
 			return fmt.Errorf("nodestore: update nodeid %d: %w", r.ID, err)
 		}
 		s.cache.setHint(r.ID, hint)
+		s.cache.putIno(newK, r.ID)
 	}
-	s.cache.putIno(newK, r.ID)
+	// An Update that keeps the key leaves the ino hints alone: r.ID may
+	// be an older record whose key a newer one took, and it does not
+	// take it back (see the package doc).
 	return nil
 }
 

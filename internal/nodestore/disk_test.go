@@ -914,6 +914,19 @@ func TestCrashWriteBehind(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// taker2 took its key from a record newer than the mark, which
+	// flushed the index (see insertLocked): entries written behind since.
+	var late []NodeID
+	for i := range 100 {
+		id, err := ds.Insert(rec(0, uint64(6000+i), 1, "late"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		late = append(late, id)
+	}
+	if len(ds.ix.pend) == 0 {
+		t.Fatal("no index entries written behind after the takers")
+	}
 	var lb logBuf
 	c, err := open(crashCopy(t, dir), Options{Logger: slog.New(slog.NewTextHandler(&lb, nil))})
 	if err != nil {
@@ -940,6 +953,11 @@ func TestCrashWriteBehind(t *testing.T) {
 		}
 		if r, err := c.ByIno(0, uint64(i)); err != nil || r.ID != want {
 			t.Fatalf("ByIno(%d) after the crash = %d %v, want %d", i, r.ID, err, want)
+		}
+	}
+	for i, id := range late {
+		if r, err := c.ByIno(0, uint64(6000+i)); err != nil || r.ID != id {
+			t.Fatalf("ByIno(%d) after the crash = %d %v, want %d", 6000+i, r.ID, err, id)
 		}
 	}
 	if r, err := c.ByIno(0, 5000); err != nil || r.ID != ids[10] {

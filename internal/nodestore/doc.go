@@ -14,11 +14,43 @@
 // reused. Generation is a random nonzero 64-bit epoch drawn when the store
 // is created and persisted with it; it is the FUSE generation of every
 // nodeid, so a daemon that lost its state (new store, new epoch) can never
-// alias an old (nodeid, generation) pair to another file. The reverse
-// index answers ByIno with the newest record for (mount, ino): Insert
-// takes over an existing entry (the host reused an inode number), and
-// LookupOrInsert makes "look up, insert if absent" atomic so parallel
-// LOOKUPs of one file agree on one nodeid.
+// alias an old (nodeid, generation) pair to another file. LookupOrInsert
+// makes "look up, insert if absent" atomic so parallel LOOKUPs of one
+// file agree on one nodeid.
+//
+// # Which record ByIno answers
+//
+// Several records can have the same (mount, ino). Nodeids are never
+// reused, and a record outlives its host file until the daemon deletes it
+// (on unlink, or when a LOOKUP finds another file type or file handle
+// under the inode number); a file deleted behind the daemon's back, whose
+// inode number the host gives to a new file, leaves its record behind,
+// and the kernel may still hold its nodeid (to answer it with ESTALE).
+// The new file must not get that nodeid. So each (mount, ino) has at most
+// one owner, the record ByIno and LookupOrInsert answer:
+//
+//   - Insert, LookupOrInsert when it inserts, and an Update that moves a
+//     record to another (mount, ino) make the record the owner of its
+//     (mount, ino), taking it from the previous owner: the host reused
+//     the inode number, and the newest file is the one that has it now.
+//   - An Update that keeps the (mount, ino) (a rename, another hard link)
+//     never changes the owner: an older record whose key a newer one took
+//     (a stale nodeid) does not take it back.
+//   - Delete of the owner, or an Update that moves it elsewhere, leaves
+//     the key without owner (ByIno: ErrNotFound; the next LOOKUP inserts
+//     a new record), even if older records with the key remain: they lost
+//     it because their file was gone. They still resolve by nodeid.
+//
+// The rule holds alike in the memory store and the persistent store,
+// whatever its cache size, with or without Options.WriteBehindRecords,
+// and across a process crash and the next Open's recovery (TestKeyOwner,
+// TestKeyOwnerCrash, and FuzzWriteBehind, which checks the persistent
+// stores against the memory store). Where the store cannot know which
+// records had lost their key, the newest surviving record of each
+// (mount, ino) owns it: when the reverse index is rebuilt from the
+// records (a host crash while open, a missing index file), and in the
+// store Import builds. A record that fails its MAC owns nothing; an
+// Update that rewrites one makes it the owner of its new key.
 //
 // # On-disk layout (Open)
 //
@@ -74,7 +106,10 @@
 // The reverse index entry of a new record may be written behind (up to
 // 4096 of them, written a page at a time; see deferIndexLocked): the next
 // Open after an unclean stop puts back the entries of the records from the
-// header's "indexed" mark on, in nodeid order (TestCrashWriteBehind)
+// header's "indexed" mark on, in nodeid order (TestCrashWriteBehind; an
+// Insert that takes a key from a record past the mark moves the mark, so
+// that this cannot give a key back to a record that had lost it, see
+// recoverIndexLocked)
 // (TestCrashSIGKILL kills a child inserting in a loop and checks that every
 // acknowledged nodeid resolves, by nodeid and by ino, and that no nodeid
 // is handed out twice, across two kill/reopen rounds). Nodeids are

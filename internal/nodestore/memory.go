@@ -127,11 +127,15 @@ func (s *memStore) Update(r Record) error {
 	}
 	r = cloneRecord(r)
 	s.recs[r.ID] = r
-	ok1, ok2 := inoKey{old.Mount, old.Ino}, inoKey{r.Mount, r.Ino}
-	if ok1 != ok2 && s.byIno[ok1] == r.ID {
-		delete(s.byIno, ok1)
+	// Only a move to another key changes owners (see the package doc):
+	// an Update that keeps its key does not take it back from a newer
+	// record.
+	if ok1, ok2 := (inoKey{old.Mount, old.Ino}), (inoKey{r.Mount, r.Ino}); ok1 != ok2 {
+		if s.byIno[ok1] == r.ID {
+			delete(s.byIno, ok1)
+		}
+		s.byIno[ok2] = r.ID
 	}
-	s.byIno[ok2] = r.ID
 	return nil
 }
 

@@ -357,9 +357,17 @@ func (s *diskStore) flushIndexLocked() error {
 }
 
 // recoverIndexLocked puts back the index entries of the records from
-// nodeid from on, in nodeid order (the newest record of a key wins, as
-// when they were inserted): after a process crash, those written behind
-// may be missing. Entries already there are found and kept.
+// nodeid from on, in nodeid order: after a process crash, those written
+// behind may be missing. Entries already there are found and kept.
+//
+// It gives each key to the record that owned it (see the package doc)
+// because no two live records from the mark on share a key: a record from
+// the mark on loses its key only by a Delete, by an Update that moves it
+// (which flushes the index first, moving the mark past it) or to an
+// Insert (which then flushes the index, see insertLocked). So a key whose
+// owner was deleted is not given back to an older record with that key:
+// that one is below the mark, and its entry was overwritten when it lost
+// the key.
 func (s *diskStore) recoverIndexLocked(from NodeID) error {
 	buf := make([]byte, 256*slotSize)
 	sb := new(slotBuf)

@@ -54,8 +54,10 @@ type Store interface {
 	// inserted, deleted, or lost in a host crash), ErrTampered if the
 	// stored record fails its MAC.
 	Get(id NodeID) (Record, error)
-	// ByIno returns the record that the reverse index names for (mount,
-	// ino): the newest Insert or Update for that pair that was not deleted.
+	// ByIno returns the owner of (mount, ino) (see "Which record ByIno
+	// answers" in the package doc): the record that the newest Insert, or
+	// Update moving a record onto that pair, stored, unless it was deleted
+	// or moved away since; ErrNotFound if there is none.
 	ByIno(mount uint32, ino uint64) (Record, error)
 	// Insert stores r under a new nodeid (r.ID is ignored) and points the
 	// reverse index for (r.Mount, r.Ino) at it, replacing an older entry
@@ -68,10 +70,15 @@ type Store interface {
 	// LOOKUPs of one host file agree on one nodeid.
 	LookupOrInsert(r Record) (rec Record, inserted bool, err error)
 	// Update replaces the record r.ID (rename, new handle after host inode
-	// reuse). ErrNotFound if r.ID has no record.
+	// reuse). If r moves to another (mount, ino), r.ID becomes its owner
+	// and leaves the old one without owner if it owned it; if not, the
+	// owner stays whichever record it was. ErrNotFound if r.ID has no
+	// record.
 	Update(r Record) error
-	// Delete removes the record id and its reverse index entry. The
-	// nodeid stays retired. ErrNotFound if id has no record.
+	// Delete removes the record id and, if it owns its (mount, ino), the
+	// reverse index entry: the pair is then without owner, even if older
+	// records have it. The nodeid stays retired. ErrNotFound if id has no
+	// record.
 	Delete(id NodeID) error
 	// PutMount adds m to the mount table (m.Index is ignored) and returns
 	// its index; a mount with the same Path and Dev keeps its index.
