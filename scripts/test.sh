@@ -20,11 +20,6 @@ rc=${PIPESTATUS[0]}
 # a loaded machine (golang/go#51484, #75804); CI hit that once.
 # FUZZTIME (e.g. 30s or 1000000x) overrides the count for every target.
 fuzzrc=0
-# FuzzWriteBehind is left out: within seconds it can reach a known,
-# pre-existing inconsistency of the node store (two records with one
-# (mount, ino) key, the newer deleted, then a crash: the older one comes
-# back in one store and not the other), see the open performance issue's
-# note. Its seed corpus runs with the unit tests.
 for target in \
 	./internal/passthrough:FuzzRequest:15000x \
 	./internal/vhostuser/wire:FuzzReadMessage:350000x \
@@ -33,7 +28,8 @@ for target in \
 	./internal/nodestore:FuzzDecodeSlot:350000x \
 	./internal/nodestore:FuzzDecodeMounts:350000x \
 	./internal/nodestore:FuzzDecodeHeader:450000x \
-	./internal/nodestore:FuzzImport:250000x; do
+	./internal/nodestore:FuzzImport:250000x \
+	./internal/nodestore:FuzzWriteBehind:700x; do
 	IFS=: read -r pkg fn count <<<"$target"
 	fuzztime=${FUZZTIME:-$count}
 	echo "=== FUZZ $fn ($pkg, $fuzztime)"
