@@ -10,6 +10,7 @@ import (
 	"os"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/govirtiofsd/govirtiofsd/internal/vhostuser/wire"
@@ -49,6 +50,11 @@ type device struct {
 	devState   *deviceStateTransfer
 
 	dirty dirtyLog // shared with the request workers
+
+	// hiprio is the running hiprio ring's run when the request rings'
+	// threads serve it (ThreadPoolSize 0): they watch its kick beside
+	// their own and serve it between and after their requests.
+	hiprio atomic.Pointer[runner]
 
 	// handoverReq carries a pending Connection.Handover to the
 	// connection goroutine (capacity 1).

@@ -41,7 +41,12 @@
 // configuration fields of vring). Each started ring has one goroutine that
 // waits on its kick eventfd and pops chains, and ThreadPoolSize worker
 // goroutines (or none: inline) that run the Handler and complete requests.
-// A device state transfer runs on a goroutine of its own.
+// Inline (ThreadPoolSize 0, the default), the hiprio ring has no goroutine:
+// the request rings' goroutines watch its kick beside their own and serve
+// its FORGETs and INTERRUPTs between and after their requests, so that one
+// thread per request queue does all the work (see helpHiprio); hiprio
+// requests then wait while no request ring runs. A device state transfer
+// runs on a goroutine of its own.
 //
 // Lock order: device.ctlMu, then device.mu, then vring.mu, then
 // dirtyLog.mu.

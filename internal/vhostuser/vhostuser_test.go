@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -12,6 +13,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -374,5 +376,90 @@ func TestListen(t *testing.T) {
 	os.WriteFile(path, nil, 0o600)
 	if _, err := Listen(path); err == nil {
 		t.Error("Listen replaced a regular file")
+	}
+}
+
+// countingHandler counts the requests it serves.
+type countingHandler struct{ n *atomic.Int64 }
+
+func (h countingHandler) HandleRequest(in, out [][]byte) (int, fuse.Status) {
+	h.n.Add(1)
+	return nopHandler{}.HandleRequest(in, out)
+}
+
+// TestHiprioServedByRequestThreads: with requests served inline, the
+// hiprio ring has no goroutine of its own; the request rings' threads
+// serve it, when idle (woken by its kick) and between their own requests.
+// Every hiprio request completes, GET_VRING_BASE of the hiprio ring
+// reports all of them, and the request rings go on serving after it.
+func TestHiprioServedByRequestThreads(t *testing.T) {
+	for _, queues := range []int{1, 2} {
+		t.Run(fmt.Sprintf("queues=%d", queues), func(t *testing.T) {
+			var n atomic.Int64
+			path := serveOnce(t, Config{NewHandler: func() Handler { return countingHandler{&n} }, NumRequestQueues: queues})
+			f := dialFront(t, path)
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			do := func(qi int) error {
+				_, err := f.DoContext(ctx, qi, [][]byte{[]byte("x")}, 2)
+				return err
+			}
+			// Idle request threads: each hiprio request wakes one.
+			for range 50 {
+				if err := do(0); err != nil {
+					t.Fatal("hiprio request on idle rings:", err)
+				}
+			}
+			// Busy request rings: hiprio requests in between.
+			var wg sync.WaitGroup
+			errs := make(chan error, 64)
+			const perWorker = 300
+			for w := range 8 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for range perWorker {
+						if err := do(1 + w%queues); err != nil {
+							errs <- err
+							return
+						}
+					}
+				}()
+			}
+			hiprio := 0
+			for i := 0; i < 2; i++ {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for range perWorker {
+						if err := do(0); err != nil {
+							errs <- err
+							return
+						}
+					}
+				}()
+				hiprio += perWorker
+			}
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				t.Fatal(err)
+			}
+			if want := int64(50 + hiprio + 8*perWorker); n.Load() != want {
+				t.Errorf("handler saw %d requests, want %d", n.Load(), want)
+			}
+			base, err := f.StopQueue(0)
+			if err != nil {
+				t.Fatal("GET_VRING_BASE of the hiprio ring:", err)
+			}
+			if want := uint16(50 + hiprio); base != want {
+				t.Errorf("hiprio ring stopped at avail index %d, want %d", base, want)
+			}
+			for qi := 1; qi <= queues; qi++ {
+				if err := do(qi); err != nil {
+					t.Errorf("request ring %d after the hiprio ring stopped: %v", qi, err)
+				}
+			}
+		})
 	}
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"runtime"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -75,9 +74,19 @@ type runner struct {
 	// most once (pop refuses a driver that reuses one early), so a ring
 	// reads its chains into these without allocating.
 	slots []request
-	// wake interrupts the kick goroutine's wait (stop); the goroutine
-	// closes it when it returns.
+	// wake interrupts the kick goroutine's wait (stop, or a new hiprio
+	// ring to watch); the goroutine closes it when it returns.
 	wake *os.File
+
+	// helped: this is a run of the hiprio ring served by the request
+	// rings' threads (see device.hiprio), with no goroutine of its own.
+	helped bool
+	// kickFD is a duplicate of the kick eventfd, owned by a helped run,
+	// which the request threads poll; closed when the last of them let
+	// go of the run after it stopped.
+	kickFD int
+	// users counts the request threads polling or serving a helped run.
+	users atomic.Int32
 }
 
 // request is one popped chain. It holds a reference on the memory table
@@ -211,7 +220,16 @@ func (v *vring) start() error {
 		return fmt.Errorf("vring %d: wake eventfd: %w", v.index, err)
 	}
 	r := &runner{done: make(chan struct{}), abandoned: make(chan struct{}), slots: make([]request, q.Size()),
-		wake: os.NewFile(uintptr(wfd), "vring-wake")}
+		wake: os.NewFile(uintptr(wfd), "vring-wake"), kickFD: -1}
+	if v.index == 0 && v.d.cfg.ThreadPoolSize == 0 {
+		kfd, err := unix.FcntlInt(uintptr(rawFD(v.kick)), unix.F_DUPFD_CLOEXEC, 0)
+		if err != nil {
+			q.Close()
+			r.wake.Close()
+			return fmt.Errorf("vring %d: dup kick eventfd: %w", v.index, err)
+		}
+		r.helped, r.kickFD = true, kfd
+	}
 	v.mu.Lock()
 	v.q, v.cur, v.broken = q, r, false
 	v.inflight = make([]bool, q.Size())
@@ -227,8 +245,57 @@ func (v *vring) start() error {
 		}
 	}
 	v.running = r
+	if r.helped {
+		v.d.hiprio.Store(r)
+		v.d.wakeRequestRings()
+		return nil
+	}
 	go v.loop(r, v.kick)
 	return nil
+}
+
+// wakeRequestRings interrupts the kick waits of the running request rings
+// so that they start watching a new hiprio run. Called by the connection
+// goroutine, which owns vring.running.
+func (d *device) wakeRequestRings() {
+	for _, v := range d.vrings[1:] {
+		if r := v.running; r != nil {
+			signal(r.wake) // fails harmlessly if the ring goroutine closed it
+		}
+	}
+}
+
+// acquireHiprio returns the running hiprio ring's run if it is served by
+// the request threads, with a use the caller must drop (users.Add(-1));
+// nil if there is none or it is stopping.
+func (d *device) acquireHiprio() *runner {
+	r := d.hiprio.Load()
+	if r == nil {
+		return nil
+	}
+	r.users.Add(1)
+	if r.stopping.Load() {
+		r.users.Add(-1)
+		return nil
+	}
+	return r
+}
+
+// serveHiprio serves what the driver put on the hiprio ring (FORGET,
+// BATCH_FORGET, INTERRUPT) on the calling request thread.
+func (d *device) serveHiprio(r *runner) {
+	hv := d.vrings[0]
+	for {
+		req, err := hv.pop(r)
+		if err != nil {
+			hv.fail(err)
+			return
+		}
+		if req == nil {
+			return
+		}
+		hv.serve(req)
+	}
 }
 
 // stop stops the ring, waits for its in-flight requests and records the
@@ -244,6 +311,20 @@ func (v *vring) stop(abandonAfter time.Duration) {
 	}
 	r.stopping.Store(true)
 	signal(r.wake) // fails harmlessly if the kick goroutine already closed it
+	if r.helped {
+		// The request threads let go of the run when they see it
+		// stopping (r.wake wakes those that wait); the last one out
+		// has completed every chain they popped from it.
+		v.d.hiprio.CompareAndSwap(r, nil)
+		go func() {
+			for r.users.Load() != 0 {
+				time.Sleep(20 * time.Microsecond)
+			}
+			unix.Close(r.kickFD)
+			r.wake.Close()
+			close(r.done)
+		}()
+	}
 	finished := make(chan struct{})
 	go func() {
 		<-r.done
@@ -340,11 +421,32 @@ func (v *vring) loop(r *runner, kick *os.File) {
 		if r.stopping.Load() {
 			return
 		}
-		if err := waitKick(r, kfd, wfd); err != nil {
+		if err := v.wait(r, kfd, wfd); err != nil {
 			v.log.Error("waiting for a kick; ring stops", "err", err)
 			return
 		}
 	}
+}
+
+// wait waits for a kick of the ring, and on a request ring served inline
+// also for one of the hiprio ring, which it then serves on this thread.
+func (v *vring) wait(r *runner, kfd, wfd int) error {
+	var hp *runner
+	if v.index > 0 && r.work == nil {
+		if hp = v.d.acquireHiprio(); hp != nil {
+			defer hp.users.Add(-1)
+			// Served before sleeping: chains put there while this
+			// thread was busy, or before it started.
+			v.d.serveHiprio(hp)
+		}
+	}
+	if err := waitKick(r, kfd, wfd, hp); err != nil {
+		return err
+	}
+	if hp != nil {
+		v.d.serveHiprio(hp)
+	}
+	return nil
 }
 
 // waitKick blocks in poll(2) until the driver kicks (or stop wakes us)
@@ -360,10 +462,20 @@ func (v *vring) loop(r *runner, kick *os.File) {
 //
 // kfd and wfd stay open while this runs: the kick fd is closed only after
 // stop, which wakes us through wfd first, and wfd only by the caller.
-func waitKick(r *runner, kfd, wfd int) error {
-	fds := []unix.PollFd{{Fd: int32(kfd), Events: unix.POLLIN}, {Fd: int32(wfd), Events: unix.POLLIN}}
+//
+// With hp (a hiprio run served by this thread) it also waits for hp's kick
+// and stop, and consumes hp's kick. A wake that is not a stop (a new
+// hiprio run to watch) is consumed too.
+func waitKick(r *runner, kfd, wfd int, hp *runner) error {
+	fds := [4]unix.PollFd{{Fd: int32(kfd), Events: unix.POLLIN}, {Fd: int32(wfd), Events: unix.POLLIN}}
+	n := 2
+	if hp != nil {
+		fds[2] = unix.PollFd{Fd: int32(hp.kickFD), Events: unix.POLLIN}
+		fds[3] = unix.PollFd{Fd: int32(rawFD(hp.wake)), Events: unix.POLLIN}
+		n = 4
+	}
 	for {
-		_, err := unix.Poll(fds, -1)
+		_, err := unix.Poll(fds[:n], -1)
 		if err == nil {
 			break
 		}
@@ -377,6 +489,14 @@ func waitKick(r *runner, kfd, wfd int) error {
 	var buf [8]byte
 	if _, err := unix.Read(kfd, buf[:]); err != nil && err != unix.EAGAIN {
 		return fmt.Errorf("read kick eventfd: %w", err)
+	}
+	if fds[1].Revents&unix.POLLIN != 0 {
+		_, _ = unix.Read(wfd, buf[:])
+	}
+	if hp != nil && fds[2].Revents&unix.POLLIN != 0 {
+		if _, err := unix.Read(hp.kickFD, buf[:]); err != nil && err != unix.EAGAIN {
+			return fmt.Errorf("read hiprio kick eventfd: %w", err)
+		}
 	}
 	return nil
 }
@@ -419,28 +539,35 @@ func (v *vring) drain(r *runner) bool {
 			continue
 		}
 		v.serve(req)
-		v.yieldToHiprio()
+		v.helpHiprio()
 	}
 	return true
 }
 
-// yieldToHiprio lets the hiprio ring's goroutine run if the driver has
-// put FORGETs or INTERRUPTs there. With one P per request ring (see
-// GOMAXPROCS in cmd/govirtiofsd), a busy request ring would otherwise keep
-// the P until it blocks or the runtime preempts it, up to milliseconds:
-// in a 16-wide replay of a real workload that made the p99 latency 1.3 ms
-// against 0.27 ms with a spare P, which in turn cost 15 % of GETATTR
-// throughput. One uncontended lock and one load from the ring per request.
-func (v *vring) yieldToHiprio() {
-	if v.index == 0 || len(v.d.vrings) == 0 {
+// helpHiprio serves, between two requests of a busy request ring, the
+// FORGETs and INTERRUPTs the driver put on the hiprio ring meanwhile.
+//
+// Why the request threads serve the hiprio ring, rather than a goroutine
+// of its own: the daemon runs one P per request ring (see GOMAXPROCS in
+// cmd/govirtiofsd), and a second goroutine waking from its own poll(2)
+// takes that P from the request thread's pending syscall or waits for it;
+// each FORGET then cost thread switches and, at one request in flight, a
+// wait for the runtime's sysmon to hand the P back (tens of µs).
+// CREATE+RELEASE+UNLINK+FORGET at 16 in flight: the FORGETs took a third
+// of the throughput. One atomic load, one uncontended lock and one load
+// from the ring per request.
+func (v *vring) helpHiprio() {
+	hp := v.d.acquireHiprio()
+	if hp == nil {
 		return
 	}
-	hp := v.d.vrings[0]
-	hp.mu.Lock()
-	pending := hp.q != nil && hp.q.HasAvailable()
-	hp.mu.Unlock()
+	defer hp.users.Add(-1)
+	hv := v.d.vrings[0]
+	hv.mu.Lock()
+	pending := hv.cur == hp && hv.q != nil && hv.q.HasAvailable()
+	hv.mu.Unlock()
 	if pending {
-		runtime.Gosched()
+		v.d.serveHiprio(hp)
 	}
 }
 
