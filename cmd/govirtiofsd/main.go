@@ -26,6 +26,7 @@ import (
 	"github.com/govirtiofsd/govirtiofsd/internal/inode"
 	"github.com/govirtiofsd/govirtiofsd/internal/openfiles"
 	"github.com/govirtiofsd/govirtiofsd/internal/passthrough"
+	"golang.org/x/sys/unix"
 )
 
 // config is everything the command line says.
@@ -80,7 +81,7 @@ func parseFlags(args []string) (*config, error) {
 	fs.StringVar(&c.inodeFileHandles, "inode-file-handles", "never", "use host file handles: never, prefer or mandatory")
 	fs.StringVar(&c.stateDir, "state-dir", "", "directory for the persistent node table, or none (default: a per-export folder under /var/lib/govirtiofsd as root, $XDG_STATE_HOME otherwise)")
 	fs.StringVar(&c.handleKeyFile, "handle-key-file", "", "file holding the MAC key that seals node records (default: a key kept in the state directory, mode 0600)")
-	fs.IntVar(&c.maxOpenFDs, "max-open-fds", 4096, "bound on node fds kept open")
+	fs.IntVar(&c.maxOpenFDs, "max-open-fds", defaultMaxOpenFDs, "bound on node fds kept open (lowered to half of RLIMIT_NOFILE if that is smaller)")
 	fs.IntVar(&c.threadPoolSize, "thread-pool-size", 0, "request workers (0: a default for the transport)")
 	fs.StringVar(&c.logLevel, "log-level", "info", "error, warn, info, debug or off")
 	fs.StringVar(&c.sandbox, "sandbox", "none", "sandbox mode (only none is implemented)")
@@ -191,6 +192,7 @@ func run(c *config, log *slog.Logger) error {
 	if transports != 1 {
 		return errors.New("give exactly one of --mount (serve over /dev/fuse), --socket-path or --fd (serve over vhost-user)")
 	}
+	c.maxOpenFDs = fitOpenFDs(c.maxOpenFDs, log)
 	fsys, table, files, err := newFileSystem(c, log)
 	if err != nil {
 		return err
@@ -207,6 +209,39 @@ func run(c *config, log *slog.Logger) error {
 		return serveDevFuse(ctx, c, fsys, table, log)
 	}
 	return serveVhostUser(ctx, c, fsys, table, &migration{c: c, table: table, files: files, log: log}, log)
+}
+
+// defaultMaxOpenFDs bounds the node fds the daemon keeps (--max-open-fds).
+// 16384 holds the working set of a build in a source tree of that many
+// files: a cached node is stated and opened through its own fd, an evicted
+// one costs a store read and a statx by name, or a new O_PATH open (LOOKUP
+// of 10k files at 16 in flight: 3.0-3.4 instead of 4.6-5.6 us of daemon
+// CPU each with 4096). The kernel memory the fds pin (a file, its dentry
+// and inode) is then ~25 MiB at most.
+const defaultMaxOpenFDs = 16384
+
+// fitOpenFDs lowers the node fd bound to half of RLIMIT_NOFILE (which the
+// Go runtime has raised to the hard limit), leaving the other half to
+// the files the guest opens, the sockets and the state files.
+func fitOpenFDs(n int, log *slog.Logger) int {
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil || rl.Cur == unix.RLIM_INFINITY {
+		return n
+	}
+	if b := openFDBound(n, rl.Cur); b != n {
+		log.Warn("--max-open-fds lowered to half of RLIMIT_NOFILE", "max-open-fds", b, "asked", n, "rlimit-nofile", rl.Cur)
+		return b
+	}
+	return n
+}
+
+// openFDBound is the node fd bound for --max-open-fds n under an fd limit
+// of nofile: n, or half of nofile if that is smaller (at least 16).
+func openFDBound(n int, nofile uint64) int {
+	if half := nofile / 2; uint64(n) > half {
+		return int(max(half, 16))
+	}
+	return n
 }
 
 func newFileSystem(c *config, log *slog.Logger) (*passthrough.FS, *inode.Table, *openfiles.Table, error) {
