@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 )
@@ -58,6 +59,11 @@ type Engine struct {
 	// lastBarrierLog is when a failed barrier was last logged (UnixNano).
 	lastBarrierLog atomic.Int64
 
+	// fastAttr: GETATTR is answered without go-fuse's dispatcher (see
+	// getattr); set once INIT is answered for a kernel whose attr_out
+	// has today's size (protocol 7.9 and later).
+	fastAttr atomic.Bool
+
 	mu      sync.Mutex
 	initReq []byte // the INIT request as received, for replay
 }
@@ -84,6 +90,7 @@ func New(fs FileSystem, opts Options) *Engine {
 }
 
 const (
+	opGetattr     = 3
 	opInit        = 26
 	inHeaderSize  = 40
 	outHeaderSize = 16
@@ -101,6 +108,14 @@ func (e *Engine) HandleRequest(in, out [][]byte) (int, fuse.Status) {
 			if g := suppGroups(in); g != nil {
 				defer r.SetSuppGroups(binary.LittleEndian.Uint64(in[0][8:]), g)()
 			}
+		}
+	}
+	if op == opGetattr && e.fastAttr.Load() {
+		if n, ok := e.getattr(in, out); ok {
+			if e.barrier != nil {
+				n = e.applyBarrier(out, n)
+			}
+			return n, fuse.OK
 		}
 	}
 	isInit := op == opInit
@@ -167,8 +182,85 @@ func (e *Engine) recordInit(in, out [][]byte, n int) []byte {
 	e.initReq = req
 	e.mu.Unlock()
 	e.fs.Negotiated(flags)
+	if len(req) >= inHeaderSize+8 {
+		minor := binary.LittleEndian.Uint32(req[inHeaderSize+4:])
+		e.fastAttr.Store(minor >= 9)
+	}
 	return req
 }
+
+// getattr answers a GETATTR straight from the file system, without going
+// through go-fuse's ProtocolServer, which allocates a request (~1 KiB) and
+// a channel and registers it for INTERRUPT under a mutex: 14 % of the
+// daemon's CPU for GETATTR at 16 in flight, where the statx itself is
+// half. The request and reply may be split over buffers as a guest's
+// virtio-fs driver lays them out (header and argument apart). ok is false
+// for a request of the wrong size or a reply buffer too small: go-fuse
+// then serves it, and refuses it as it should. Interrupting a GETATTR
+// means nothing to this file system, which never blocks in one.
+func (e *Engine) getattr(in, out [][]byte) (n int, ok bool) {
+	b := getattrBufs.Get().(*getattrBuf)
+	defer getattrBufs.Put(b)
+	req := &b.req
+	reqBytes := unsafe.Slice((*byte)(unsafe.Pointer(req)), unsafe.Sizeof(*req))
+	if iovLen(in) != len(reqBytes) || iovLen(out) < outHeaderSize+attrOutSize {
+		return 0, false
+	}
+	gather(reqBytes, in)
+	if req.Length != uint32(len(reqBytes)) {
+		return 0, false
+	}
+	b.attr = fuse.AttrOut{}
+	st := e.fs.GetAttr(nil, req, &b.attr)
+	n = outHeaderSize
+	if st.Ok() {
+		n += attrOutSize
+	} else if st < 0 {
+		st = fuse.EIO
+	}
+	binary.LittleEndian.PutUint32(b.hdr[0:], uint32(n))
+	binary.LittleEndian.PutUint32(b.hdr[4:], uint32(-int32(st)))
+	binary.LittleEndian.PutUint64(b.hdr[8:], req.Unique)
+	scatter(out, unsafe.Slice(&b.hdr[0], n))
+	return n, true
+}
+
+// getattrBuf holds a GETATTR request and its reply, the reply header and
+// attr_out back to back as they go on the wire. Pooled: handed to the
+// file system through an interface, they would escape to the heap.
+type getattrBuf struct {
+	req  fuse.GetAttrIn
+	hdr  [outHeaderSize]byte
+	attr fuse.AttrOut
+}
+
+var getattrBufs = sync.Pool{New: func() any { return new(getattrBuf) }}
+
+func iovLen(iov [][]byte) int {
+	n := 0
+	for _, b := range iov {
+		n += len(b)
+	}
+	return n
+}
+
+// gather fills dst from iov; scatter copies src into iov.
+func gather(dst []byte, iov [][]byte) {
+	for _, b := range iov {
+		dst = dst[copy(dst, b):]
+	}
+}
+
+func scatter(iov [][]byte, src []byte) {
+	for _, b := range iov {
+		src = src[copy(b, src):]
+	}
+}
+
+const attrOutSize = int(unsafe.Sizeof(fuse.AttrOut{}))
+
+// getattrBuf's reply header and attr_out must be back to back.
+var _ [0]struct{} = [unsafe.Offsetof(getattrBuf{}.attr) - unsafe.Offsetof(getattrBuf{}.hdr) - outHeaderSize]struct{}{}
 
 // InitRequest returns the INIT request this connection was set up with, or
 // nil before INIT.
