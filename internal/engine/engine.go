@@ -6,6 +6,7 @@
 package engine
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"log/slog"
@@ -59,9 +60,10 @@ type Engine struct {
 	// lastBarrierLog is when a failed barrier was last logged (UnixNano).
 	lastBarrierLog atomic.Int64
 
-	// fastAttr: GETATTR is answered without go-fuse's dispatcher (see
-	// getattr); set once INIT is answered for a kernel whose attr_out
-	// has today's size (protocol 7.9 and later).
+	// fastAttr: GETATTR and LOOKUP are answered without go-fuse's
+	// dispatcher (see getattr); set once INIT is answered for a kernel
+	// whose attr_out and entry_out have today's size (protocol 7.9 and
+	// later).
 	fastAttr atomic.Bool
 
 	mu      sync.Mutex
@@ -90,6 +92,7 @@ func New(fs FileSystem, opts Options) *Engine {
 }
 
 const (
+	opLookup      = 1
 	opGetattr     = 3
 	opInit        = 26
 	inHeaderSize  = 40
@@ -110,8 +113,15 @@ func (e *Engine) HandleRequest(in, out [][]byte) (int, fuse.Status) {
 			}
 		}
 	}
-	if op == opGetattr && e.fastAttr.Load() {
-		if n, ok := e.getattr(in, out); ok {
+	if (op == opGetattr || op == opLookup) && e.fastAttr.Load() {
+		var n int
+		var ok bool
+		if op == opGetattr {
+			n, ok = e.getattr(in, out)
+		} else {
+			n, ok = e.lookup(in, out)
+		}
+		if ok {
 			if e.barrier != nil {
 				n = e.applyBarrier(out, n)
 			}
@@ -235,6 +245,83 @@ type getattrBuf struct {
 }
 
 var getattrBufs = sync.Pool{New: func() any { return new(getattrBuf) }}
+
+// lookup answers a LOOKUP as getattr answers a GETATTR (the name is the
+// payload up to its NUL, as go-fuse reads it). go-fuse's own poll hack
+// name is left to go-fuse.
+func (e *Engine) lookup(in, out [][]byte) (n int, ok bool) {
+	total := iovLen(in)
+	if total <= inHeaderSize || total > inHeaderSize+lookupNameMax || iovLen(out) < outHeaderSize+entryOutSize {
+		return 0, false
+	}
+	b := lookupBufs.Get().(*lookupBuf)
+	defer lookupBufs.Put(b)
+	h := &b.hdrIn
+	hb := unsafe.Slice((*byte)(unsafe.Pointer(h)), inHeaderSize)
+	gatherAt(hb, in, 0)
+	name := b.name[:total-inHeaderSize]
+	gatherAt(name, in, inHeaderSize)
+	if h.Length != uint32(total) {
+		return 0, false
+	}
+	if i := bytes.IndexByte(name, 0); i >= 0 {
+		name = name[:i]
+	}
+	if string(name) == pollHackName {
+		return 0, false
+	}
+	b.entry = fuse.EntryOut{}
+	st := e.fs.Lookup(nil, h, string(name), &b.entry)
+	n = outHeaderSize
+	if st.Ok() {
+		n += entryOutSize
+	} else if st < 0 {
+		st = fuse.EIO
+	}
+	binary.LittleEndian.PutUint32(b.hdr[0:], uint32(n))
+	binary.LittleEndian.PutUint32(b.hdr[4:], uint32(-int32(st)))
+	binary.LittleEndian.PutUint64(b.hdr[8:], h.Unique)
+	scatter(out, unsafe.Slice(&b.hdr[0], n))
+	return n, true
+}
+
+// pollHackName is the name go-fuse answers LOOKUPs of itself (its epoll
+// workaround for /dev/fuse mounts it makes).
+const pollHackName = ".go-fuse-epoll-hack"
+
+// lookupNameMax bounds the LOOKUP payload the fast path takes (a name is at
+// most 255 bytes and its NUL); a longer one goes to go-fuse, which refuses
+// it or hands it to the file system to refuse.
+const lookupNameMax = 1024
+
+type lookupBuf struct {
+	hdrIn fuse.InHeader
+	name  [lookupNameMax]byte
+	hdr   [outHeaderSize]byte
+	entry fuse.EntryOut
+}
+
+var lookupBufs = sync.Pool{New: func() any { return new(lookupBuf) }}
+
+const entryOutSize = int(unsafe.Sizeof(fuse.EntryOut{}))
+
+// lookupBuf's reply header and entry_out must be back to back.
+var _ [0]struct{} = [unsafe.Offsetof(lookupBuf{}.entry) - unsafe.Offsetof(lookupBuf{}.hdr) - outHeaderSize]struct{}{}
+
+// gatherAt fills dst from iov, starting off bytes into it.
+func gatherAt(dst []byte, iov [][]byte, off int) {
+	for _, b := range iov {
+		if off >= len(b) {
+			off -= len(b)
+			continue
+		}
+		dst = dst[copy(dst, b[off:]):]
+		off = 0
+		if len(dst) == 0 {
+			return
+		}
+	}
+}
 
 func iovLen(iov [][]byte) int {
 	n := 0
