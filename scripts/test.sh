@@ -22,6 +22,7 @@ rc=${PIPESTATUS[0]}
 fuzzrc=0
 for target in \
 	./internal/passthrough:FuzzRequest:15000x \
+	./internal/engine:FuzzFastPath:200000x \
 	./internal/vhostuser/wire:FuzzReadMessage:350000x \
 	./internal/vhostuser:FuzzMessages:150000x \
 	./internal/virtqueue:FuzzReadChain:250000x \

@@ -3,6 +3,8 @@ package engine
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
+	"reflect"
 	"syscall"
 	"testing"
 
@@ -197,4 +199,71 @@ func TestLookupFastPath(t *testing.T) {
 	if a := testing.AllocsPerRun(100, func() { fast.HandleRequest(req, out) }); a > 1 {
 		t.Errorf("fast path: %.1f allocations per LOOKUP, want at most the name's", a)
 	}
+}
+
+// recFS answers LOOKUP and GETATTR from what it is asked and records every
+// call, so that two engines can be compared call for call.
+type recFS struct {
+	fuse.RawFileSystem
+	log *[]string
+}
+
+func (f recFS) Capabilities() uint64 { return 0 }
+func (f recFS) Negotiated(uint64)    {}
+func (f recFS) Forget(nodeid, nlookup uint64) {
+	*f.log = append(*f.log, fmt.Sprint("forget ", nodeid, nlookup))
+}
+func (f recFS) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name string, out *fuse.EntryOut) fuse.Status {
+	*f.log = append(*f.log, fmt.Sprintf("lookup %d %q", h.NodeId, name))
+	if len(name)%3 == 0 {
+		return fuse.ENOENT
+	}
+	out.NodeId, out.Ino, out.Size = h.NodeId+1, uint64(len(name)), h.Unique
+	return fuse.OK
+}
+func (f recFS) GetAttr(cancel <-chan struct{}, in *fuse.GetAttrIn, out *fuse.AttrOut) fuse.Status {
+	*f.log = append(*f.log, fmt.Sprint("getattr ", in.NodeId, in.Flags(), in.Fh()))
+	if in.NodeId%3 == 0 {
+		return fuse.Status(in.NodeId % 200)
+	}
+	out.Ino, out.Size = in.NodeId, in.Fh()
+	return fuse.OK
+}
+
+// FuzzFastPath feeds any bytes, as LOOKUP, FORGET, GETATTR or BATCH_FORGET
+// requests split anywhere (the last two are go-fuse's either way), to an
+// engine with the fast paths and to one without: the replies and the file
+// system calls must be the same.
+func FuzzFastPath(f *testing.F) {
+	f.Add(uint8(1), uint8(40), uint8(16), []byte("name\x00"))
+	f.Add(uint8(3), uint8(40), uint8(16), make([]byte, 16))
+	f.Add(uint8(2), uint8(0), uint8(0), make([]byte, 8))
+	f.Add(uint8(42), uint8(44), uint8(0), make([]byte, 40))
+	f.Fuzz(func(t *testing.T, op, inCut, outCut uint8, body []byte) {
+		var logs [2][]string
+		var replies [2][]byte
+		for i := range 2 {
+			e := New(recFS{fuse.NewDefaultRawFileSystem(), &logs[i]}, Options{})
+			if _, st := e.HandleRequest([][]byte{initRequest()}, [][]byte{make([]byte, 4096)}); !st.Ok() {
+				t.Fatal("INIT:", st)
+			}
+			e.fastAttr.Store(i == 0)
+			req := request(uint32(op)%4, 77, body) // 1 LOOKUP, 2 FORGET, 3 GETATTR
+			if op >= 4 {
+				req = request(42, 77, body) // BATCH_FORGET
+			}
+			if len(body) > 0 && body[0] == 0xff {
+				binary.LittleEndian.PutUint32(req[0:], uint32(len(req)+int(inCut))) // a wrong length
+			}
+			out := make([]byte, 200)
+			n, st := e.HandleRequest(split(req, min(int(inCut), len(req))), split(out, min(int(outCut), len(out))))
+			replies[i] = append(out[:n:n], []byte(fmt.Sprint(st))...)
+		}
+		if !bytes.Equal(replies[0], replies[1]) {
+			t.Errorf("fast path replied %x, go-fuse %x", replies[0], replies[1])
+		}
+		if !reflect.DeepEqual(logs[0], logs[1]) {
+			t.Errorf("fast path made the calls %q, go-fuse %q", logs[0], logs[1])
+		}
+	})
 }
