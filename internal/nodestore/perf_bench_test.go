@@ -123,6 +123,30 @@ func BenchmarkChurn(b *testing.B) {
 	})
 }
 
+// BenchmarkChurnFlush is BenchmarkChurn as the daemon runs it with
+// Options.WriteBehindRecords: a CREATE (LookupOrInsert, then Flush before
+// its reply) and an UNLINK (Delete, then Flush).
+func BenchmarkChurnFlush(b *testing.B) {
+	onFreshStoresOpts(b, Options{WriteBehindRecords: true}, func(b *testing.B, s Store) {
+		fl := s.(Flusher)
+		for i := 0; b.Loop(); i++ {
+			r, _, err := s.LookupOrInsert(benchRec(i))
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := fl.Flush(); err != nil {
+				b.Fatal(err)
+			}
+			if err := s.Delete(r.ID); err != nil {
+				b.Fatal(err)
+			}
+			if err := fl.Flush(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
 // smallN is the size of the store the Small read benchmarks use: a
 // directory tree the cache does not hold (8 MiB cache ≈ 30k records).
 const smallN = 100_000
