@@ -687,20 +687,52 @@ func (s *diskStore) Delete(id NodeID) error {
 			return fmt.Errorf("nodestore: delete nodeid %d: %w", id, err)
 		}
 	}
-	hint, _ := s.cache.getHint(id)
-	if s.wb != nil {
-		s.wb.drop(id)
+	var k inoKey
+	var e ixEntry
+	if !tampered {
+		k = inoKey{old.Mount, old.Ino}
+		hint, _ := s.cache.getHint(id)
+		if e, err = s.indexFindLocked(k, id, hint); err != nil {
+			return fmt.Errorf("nodestore: delete nodeid %d: %w", id, err)
+		}
 	}
+	// The tombstone waits in the index's pending entries where losing
+	// it is harmless (deferTombLocked), and then, with write-behind, the
+	// zeroed slot waits with the records written behind: the Flush before
+	// the reply writes it, so a Delete the caller reported survives a
+	// process crash as one written through does. Otherwise (a migration,
+	// no mirror, an entry pending over another record's) both are
+	// written now, as without write-behind.
+	tombBehind := e.ix != nil && s.deferTombLocked(e)
 	var zero [slotSize]byte
-	if err := pwriteFull(s.recFD, zero[:], int64(id)*slotSize); err != nil {
-		return fmt.Errorf("nodestore: delete nodeid %d: %w", id, err)
+	if s.wb != nil && (e.ix == nil || tombBehind) {
+		if err := s.wb.add(id, &zero, false); err != nil {
+			return fmt.Errorf("nodestore: delete nodeid %d: %w", id, err)
+		}
+	} else {
+		if s.wb != nil {
+			s.wb.drop(id)
+		}
+		if err := pwriteFull(s.recFD, zero[:], int64(id)*slotSize); err != nil {
+			return fmt.Errorf("nodestore: delete nodeid %d: %w", id, err)
+		}
 	}
 	s.cache.delRec(id)
-	if !tampered {
-		k := inoKey{old.Mount, old.Ino}
-		s.cache.delIno(k, id)
-		if err := s.indexDelHintLocked(k, id, hint); err != nil {
-			return fmt.Errorf("nodestore: delete nodeid %d: %w", id, err)
+	if tampered {
+		return nil
+	}
+	s.cache.delIno(k, id)
+	if e.ix == nil {
+		return nil
+	}
+	if err := s.tombLocked(e, tombBehind); err != nil {
+		return fmt.Errorf("nodestore: delete nodeid %d: %w", id, err)
+	}
+	if tombBehind && len(s.ix.pend) >= pendMax {
+		if err := s.flushIndexLocked(); err != nil {
+			// The record is deleted and its entry a tombstone (in
+			// memory); the file catches up at the next flush.
+			s.log.Warn("nodestore: write reverse index", "err", err)
 		}
 	}
 	return nil

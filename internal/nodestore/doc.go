@@ -109,7 +109,11 @@
 // header's "indexed" mark on, in nodeid order (TestCrashWriteBehind; an
 // Insert that takes a key from a record past the mark moves the mark, so
 // that this cannot give a key back to a record that had lost it, see
-// recoverIndexLocked)
+// recoverIndexLocked). A Delete's tombstone may be written behind too:
+// if it is lost, the entry names a zeroed record, a dead entry that
+// lookups pass over; it is written at once where the file may still have,
+// in its bucket, the entry of an older record that lost the key to the
+// deleted one (deferTombLocked, TestKeyOwnerCrashDeleteBehind)
 // (TestCrashSIGKILL kills a child inserting in a loop and checks that every
 // acknowledged nodeid resolves, by nodeid and by ino, and that no nodeid
 // is handed out twice, across two kill/reopen rounds). Nodeids are
@@ -118,8 +122,9 @@
 // reuse one; a restart skips the rest of the batch.
 //
 // With Options.WriteBehindRecords, the records of Insert, LookupOrInsert
-// and Update (one that keeps the record's key) are NOT written when the
-// call returns: they wait, sealed, in a buffer of at most 256 slots, and
+// and Update (one that keeps the record's key), and the zeroed slot of a
+// Delete (unless its tombstone is written at once), are NOT written when
+// the call returns: they wait, sealed, in a buffer of at most 256 slots, and
 // survive a process crash only once Flush (or Sync, Close, an index flush
 // or a full buffer) has written them, each run of consecutive nodeids with
 // one pwrite (writebehind.go). The caller calls Flush before the nodeids
@@ -191,9 +196,12 @@
 //	Insert, new key: 1 pwrite + MAC           (the slot; the index entry
 //	                                          is written behind, ~0.1-0.3
 //	                                          pwrite+pread each)
-//	Delete: 2 pwrites                         (slot, and the tombstone where
-//	                                          the cache's hint says, else
-//	                                          after a probe)
+//	Delete: 1 pwrite                          (the slot; the tombstone, found
+//	                                          where the cache's hint says,
+//	                                          else by a probe, is written
+//	                                          behind like an insert's entry;
+//	                                          with WriteBehindRecords the
+//	                                          slot's zeros wait for Flush)
 //
 // With Options.WriteBehindRecords, a request that records 1000 new nodes
 // and then Flushes (BenchmarkReaddirplusNew, ext4) costs 0.15 pwrites per

@@ -45,6 +45,12 @@ type index struct {
 	// Only a mirrored table outside a migration has any; a write to the
 	// file at a bucket supersedes its pending entry.
 	pend map[uint64][2]uint64
+	// over holds the pending buckets whose entry replaced one that names
+	// another record (an Insert that took a key, or replaced an entry
+	// whose record fails to verify): the file still has that entry
+	// there, so a tombstone for the bucket must not wait in pend (see
+	// diskStore.deferTombLocked). Usually empty: taking a key is rare.
+	over map[uint64]struct{}
 }
 
 // pendMax pending entries are written at once (flushPending): with
@@ -217,6 +223,7 @@ func (ix *index) write(pos, h, id uint64) error {
 		return fmt.Errorf("write index: %w", err)
 	}
 	delete(ix.pend, pos)
+	delete(ix.over, pos)
 	ix.mirror(pos, h, id)
 	return nil
 }
@@ -261,6 +268,7 @@ func (ix *index) flushPending() error {
 			}
 			for _, pos := range ps {
 				delete(ix.pend, pos)
+				delete(ix.over, pos)
 			}
 			continue
 		}

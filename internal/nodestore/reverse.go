@@ -315,6 +315,12 @@ func (s *diskStore) placeMaybeBehindLocked(p putSlot, id NodeID, behind bool) (i
 	}
 	if behind && s.deferIndexLocked(ix) {
 		ix.writeBehind(pos, p.h, uint64(id))
+		if p.replace && p.oldID != id {
+			if ix.over == nil {
+				ix.over = make(map[uint64]struct{})
+			}
+			ix.over[pos] = struct{}{}
+		}
 	} else if err := ix.write(pos, p.h, uint64(id)); err != nil {
 		return ixHint{}, err
 	}
@@ -510,28 +516,80 @@ func (s *diskStore) indexDelLocked(k inoKey, id NodeID) error {
 }
 
 // indexDelHintLocked is indexDelLocked with the hint (ixHint{}: none)
-// taken before the cache dropped the record.
+// taken before the cache dropped the record. It writes the tombstone to
+// the file now.
 func (s *diskStore) indexDelHintLocked(k inoKey, id NodeID, hint ixHint) error {
-	if hint.epoch != 0 {
-		if ix := s.hintTable(hint, k); ix != nil {
-			ix.live--
-			ix.tombs++
-			_, h := s.route(k)
-			return ix.write(hint.pos, h, tombID)
-		}
+	e, err := s.indexFindLocked(k, id, hint)
+	if err != nil || e.ix == nil {
+		return err
 	}
-	return s.indexDelProbeLocked(k, id)
+	return s.tombLocked(e, false)
 }
 
-// indexDelProbeLocked is indexDelLocked without the hint.
-func (s *diskStore) indexDelProbeLocked(k inoKey, id NodeID) error {
+// ixEntry is where the index entry of a record is: bucket pos of table ix
+// (nil: the index has none), for hash h.
+type ixEntry struct {
+	ix     *index
+	h, pos uint64
+}
+
+// indexFindLocked finds the entry k → id: where the hint says, else by
+// probing for it.
+func (s *diskStore) indexFindLocked(k inoKey, id NodeID, hint ixHint) (ixEntry, error) {
+	if hint.epoch != 0 {
+		if ix := s.hintTable(hint, k); ix != nil {
+			_, h := s.route(k)
+			return ixEntry{ix, h, hint.pos}, nil
+		}
+	}
 	ix, h, pos, found, err := s.probeRouted(k, func(_ *index, h, _, eh, eid uint64) bool {
 		return eh == h && eid == uint64(id)
 	})
 	if err != nil || !found {
-		return err
+		return ixEntry{}, err
 	}
-	ix.live--
-	ix.tombs++
-	return ix.write(pos, h, tombID)
+	return ixEntry{ix, h, pos}, nil
+}
+
+// deferTombLocked reports whether the tombstone for entry e may be written
+// behind (left in the mirror and ix.pend like a new record's entry, see
+// deferIndexLocked), for a Delete. If the process dies before it reaches
+// the file, the bucket keeps what the file had there:
+//
+//   - the deleted record's own entry (the entry had been flushed): a dead
+//     entry, naming a record that reads as ErrNotFound (Delete's zeroed
+//     slot is in the file when the Delete returns, or with
+//     Options.WriteBehindRecords once the Flush before the reply has
+//     run). ByIno, LookupOrInsert and recovery look past it, as past an
+//     entry whose record a crash lost; a later record with the same key
+//     gets an entry of its own. It costs a bucket until the next
+//     rebuild.
+//   - empty or a tombstone (the record's entry was pending too, put in
+//     a free bucket): as if the record had never been indexed. Entries
+//     the file has past the bucket were written by a flush, which wrote
+//     the bucket too (later ones wait in pend just as long).
+//   - an entry naming another record, if the record's entry was pending
+//     over it (ix.over): that one may be a live record that lost the key
+//     to the deleted one, which the crash would give the key back to.
+//     Not deferred: the tombstone is written now.
+//
+// The recovery at the next Open does not re-index deleted records, so it
+// adds nothing for them either.
+func (s *diskStore) deferTombLocked(e ixEntry) bool {
+	if !s.deferIndexLocked(e.ix) {
+		return false
+	}
+	_, over := e.ix.over[e.pos]
+	return !over
+}
+
+// tombLocked replaces the entry e with a tombstone, written behind or now.
+func (s *diskStore) tombLocked(e ixEntry, behind bool) error {
+	e.ix.live--
+	e.ix.tombs++
+	if behind {
+		e.ix.writeBehind(e.pos, e.h, tombID)
+		return nil
+	}
+	return e.ix.write(e.pos, e.h, tombID)
 }

@@ -376,6 +376,116 @@ func TestKeyOwnerCrash(t *testing.T) {
 	}
 }
 
+// TestKeyOwnerCrashDeleteBehind: a Delete whose tombstone (and, with
+// write-behind, zeroed slot) waits in memory keeps the key-owner rule
+// across a process crash after the Flush, and a new record for the key
+// (host inode reuse) owns it in the crashed store. "over": the deleted
+// record took the key from an older one and its entry is still pending
+// over the older one's in the file (the tombstone must not wait then);
+// "flushed": its entry is in the file (a lost tombstone leaves a dead
+// entry); "fresh": its entry was pending in a free bucket.
+func TestKeyOwnerCrashDeleteBehind(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		opts Options
+	}{
+		{"writebehind", Options{WriteBehindRecords: true}},
+		{"writebehind-tinycache", Options{WriteBehindRecords: true, CacheBytes: 1}},
+		{"through", Options{}},
+	} {
+		for _, kind := range []string{"over", "flushed", "fresh"} {
+			t.Run(tc.name+"/"+kind, func(t *testing.T) {
+				dir := t.TempDir()
+				tc.opts.Logger = quietLogger()
+				ds, err := open(dir, tc.opts)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer ds.Close()
+				if _, err := ds.Insert(rec(0, 1, 0, "")); err != nil {
+					t.Fatal(err)
+				}
+				var older NodeID
+				if kind != "fresh" {
+					if older, err = ds.Insert(rec(0, 9, 1, "older")); err != nil {
+						t.Fatal(err)
+					}
+					if err := ds.Sync(); err != nil { // older below the mark
+						t.Fatal(err)
+					}
+				}
+				newer, err := ds.Insert(rec(0, 9, 1, "newer"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if kind == "flushed" {
+					if err := ds.Sync(); err != nil {
+						t.Fatal(err)
+					}
+				}
+				other, err := ds.Insert(rec(0, 10, 1, "other"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := ds.Delete(newer); err != nil {
+					t.Fatal(err)
+				}
+				tombs := 0
+				for _, e := range ds.ix.pend {
+					if e[1] == tombID {
+						tombs++
+					}
+				}
+				if want := map[bool]int{true: 0, false: 1}[kind == "over"]; tombs != want {
+					t.Fatalf("%d tombstones pending, want %d", tombs, want)
+				}
+				if err := ds.Flush(); err != nil {
+					t.Fatal(err)
+				}
+				c := reopenCrashed(t, dir)
+				for _, s := range []Store{ds, c} {
+					if r, err := s.ByIno(0, 9); !errors.Is(err, ErrNotFound) {
+						t.Fatalf("ByIno after deleting the owner = %d %v, want ErrNotFound", r.ID, err)
+					}
+					if _, err := s.Get(newer); !errors.Is(err, ErrNotFound) {
+						t.Fatalf("Get(deleted) = %v, want ErrNotFound", err)
+					}
+					if older != 0 {
+						if r, err := s.Get(older); err != nil || r.Name != "older" {
+							t.Fatalf("Get(older) = %+v %v", r, err)
+						}
+					}
+					if r, err := s.ByIno(0, 10); err != nil || r.ID != other {
+						t.Fatalf("ByIno(10) = %d %v, want %d", r.ID, err, other)
+					}
+					// The host gives the inode number to a new file.
+					r, ins, err := s.LookupOrInsert(rec(0, 9, 1, "reused"))
+					if err != nil || !ins {
+						t.Fatalf("LookupOrInsert of the unowned key = %+v %v %v", r, ins, err)
+					}
+					if got, err := s.ByIno(0, 9); err != nil || got.ID != r.ID {
+						t.Fatalf("ByIno after the reuse = %d %v, want %d", got.ID, err, r.ID)
+					}
+					if err := s.Delete(r.ID); err != nil {
+						t.Fatal(err)
+					}
+					if err := s.(Flusher).Flush(); err != nil {
+						t.Fatal(err)
+					}
+				}
+				c2, err := open(crashCopy(t, c.(*diskStore).dir), Options{Logger: quietLogger(), CacheBytes: 1})
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer c2.Close()
+				if r, err := c2.ByIno(0, 9); !errors.Is(err, ErrNotFound) {
+					t.Fatalf("ByIno after the second crash = %d %v, want ErrNotFound", r.ID, err)
+				}
+			})
+		}
+	}
+}
+
 func reopenCrashed(t *testing.T, dir string) Store {
 	t.Helper()
 	c, err := open(crashCopy(t, dir), Options{Logger: quietLogger(), CacheBytes: 1})

@@ -14,9 +14,9 @@ import (
 // publishing the reply, through a type assertion on the Store.
 type Flusher interface {
 	// Flush writes every record that Insert, LookupOrInsert and Update
-	// left pending, so that when it returns nil they survive a crash of
-	// the process (as records written without write-behind do when the
-	// call returns). It is safe to call from several goroutines at once,
+	// left pending, and the zeroed slots of Deletes, so that when it
+	// returns nil they survive a crash of the process (as records written
+	// without write-behind do when the call returns). It is safe to call from several goroutines at once,
 	// without any other lock, and costs one atomic load when nothing is
 	// pending. A nil return also covers records that another goroutine's
 	// Flush was writing meanwhile. An error leaves the records pending
@@ -54,9 +54,11 @@ const behindMax = 256
 // writeBehind holds the sealed main slots of records whose pwrite is
 // deferred (Options.WriteBehindRecords), until Flush, Sync, Close, an
 // index flush or a full buffer writes them, each run of consecutive
-// nodeids with one pwrite. Only the pending slots are ever written: a slot
-// that is not pending (one a concurrent inserter is about to fill, a
-// deleted one) is never touched by a flush.
+// nodeids with one pwrite. A Delete leaves the record's slot pending as
+// zeros (unless it writes its tombstone at once, see diskStore.Delete).
+// Only the pending slots are ever written: a slot that is not pending
+// (one a concurrent inserter is about to fill) is never touched by a
+// flush.
 //
 // Overflow slots (records.ext) are written at once: they are rare, and
 // appended, so one written early is harmless (no main slot names it yet).
@@ -64,9 +66,9 @@ const behindMax = 256
 // Locking: mu is a leaf taken under diskStore.mu (either way) or, by
 // Flush, alone. Entries are added and dropped only under diskStore.mu held
 // exclusively (and mu), so a writer of a slot never races the flush of an
-// older version of it: a direct write (Delete's zeros, an Update written
-// through) first drops the slot's pending entry, which waits for a flush
-// in progress. A flush holds mu until its writes are done and only then
+// older version of it: a direct write (zeros written through, an Update
+// written through) first drops the slot's pending entry, which waits for
+// a flush in progress. A flush holds mu until its writes are done and only then
 // empties the buffer and stores n = 0, so a reader that sees an id not
 // pending (under mu, or n == 0 without it) finds it in the file.
 type writeBehind struct {
