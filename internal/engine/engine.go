@@ -222,17 +222,24 @@ func (e *Engine) getattr(in, out [][]byte) (n int, ok bool) {
 	}
 	b.attr = fuse.AttrOut{}
 	st := e.fs.GetAttr(nil, req, &b.attr)
-	n = outHeaderSize
+	return reply(out, &b.hdr, st, req.Unique, attrOutSize), true
+}
+
+// reply fills hdr, the reply header for status st to request unique, and
+// copies it and, on success, the body of bodySize bytes that follows hdr
+// in memory into out. It returns the reply length.
+func reply(out [][]byte, hdr *[outHeaderSize]byte, st fuse.Status, unique uint64, bodySize int) int {
+	n := outHeaderSize
 	if st.Ok() {
-		n += attrOutSize
+		n += bodySize
 	} else if st < 0 {
 		st = fuse.EIO
 	}
-	binary.LittleEndian.PutUint32(b.hdr[0:], uint32(n))
-	binary.LittleEndian.PutUint32(b.hdr[4:], uint32(-int32(st)))
-	binary.LittleEndian.PutUint64(b.hdr[8:], req.Unique)
-	scatter(out, unsafe.Slice(&b.hdr[0], n))
-	return n, true
+	binary.LittleEndian.PutUint32(hdr[0:], uint32(n))
+	binary.LittleEndian.PutUint32(hdr[4:], uint32(-int32(st)))
+	binary.LittleEndian.PutUint64(hdr[8:], unique)
+	scatter(out, unsafe.Slice(&hdr[0], n))
+	return n
 }
 
 // getattrBuf holds a GETATTR request and its reply, the reply header and
@@ -272,17 +279,7 @@ func (e *Engine) lookup(in, out [][]byte) (n int, ok bool) {
 	}
 	b.entry = fuse.EntryOut{}
 	st := e.fs.Lookup(nil, h, string(name), &b.entry)
-	n = outHeaderSize
-	if st.Ok() {
-		n += entryOutSize
-	} else if st < 0 {
-		st = fuse.EIO
-	}
-	binary.LittleEndian.PutUint32(b.hdr[0:], uint32(n))
-	binary.LittleEndian.PutUint32(b.hdr[4:], uint32(-int32(st)))
-	binary.LittleEndian.PutUint64(b.hdr[8:], h.Unique)
-	scatter(out, unsafe.Slice(&b.hdr[0], n))
-	return n, true
+	return reply(out, &b.hdr, st, h.Unique, entryOutSize), true
 }
 
 // pollHackName is the name go-fuse answers LOOKUPs of itself (its epoll
