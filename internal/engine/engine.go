@@ -94,6 +94,7 @@ func New(fs FileSystem, opts Options) *Engine {
 const (
 	opLookup      = 1
 	opGetattr     = 3
+	opRead        = 15
 	opInit        = 26
 	inHeaderSize  = 40
 	outHeaderSize = 16
@@ -113,13 +114,16 @@ func (e *Engine) HandleRequest(in, out [][]byte) (int, fuse.Status) {
 			}
 		}
 	}
-	if (op == opGetattr || op == opLookup) && e.fastAttr.Load() {
+	if (op == opGetattr || op == opLookup || op == opRead) && e.fastAttr.Load() {
 		var n int
 		var ok bool
-		if op == opGetattr {
+		switch op {
+		case opGetattr:
 			n, ok = e.getattr(in, out)
-		} else {
+		case opLookup:
 			n, ok = e.lookup(in, out)
+		default:
+			n, ok = e.read(in, out)
 		}
 		if ok {
 			if e.barrier != nil {
@@ -229,6 +233,15 @@ func (e *Engine) getattr(in, out [][]byte) (n int, ok bool) {
 // copies it and, on success, the body of bodySize bytes that follows hdr
 // in memory into out. It returns the reply length.
 func reply(out [][]byte, hdr *[outHeaderSize]byte, st fuse.Status, unique uint64, bodySize int) int {
+	n := header(hdr, st, unique, bodySize)
+	scatter(out, unsafe.Slice(&hdr[0], n))
+	return n
+}
+
+// header fills hdr, the reply header for status st to request unique with
+// a body of bodySize bytes (none unless st is OK), and returns the reply
+// length.
+func header(hdr *[outHeaderSize]byte, st fuse.Status, unique uint64, bodySize int) int {
 	n := outHeaderSize
 	if st.Ok() {
 		n += bodySize
@@ -238,7 +251,6 @@ func reply(out [][]byte, hdr *[outHeaderSize]byte, st fuse.Status, unique uint64
 	binary.LittleEndian.PutUint32(hdr[0:], uint32(n))
 	binary.LittleEndian.PutUint32(hdr[4:], uint32(-int32(st)))
 	binary.LittleEndian.PutUint64(hdr[8:], unique)
-	scatter(out, unsafe.Slice(&hdr[0], n))
 	return n
 }
 
@@ -280,6 +292,133 @@ func (e *Engine) lookup(in, out [][]byte) (n int, ok bool) {
 	b.entry = fuse.EntryOut{}
 	st := e.fs.Lookup(nil, h, string(name), &b.entry)
 	return reply(out, &b.hdr, st, h.Unique, entryOutSize), true
+}
+
+// read answers a READ as getattr answers a GETATTR, the data read by the
+// file system's ReadResult straight into the reply buffers, as go-fuse's
+// ProtocolServer does. It takes only a READ whose data buffer is in one
+// piece (go-fuse hands that to the file system as its buffer; a guest's
+// small reads are one page), leaving larger ones to go-fuse.
+func (e *Engine) read(in, out [][]byte) (n int, ok bool) {
+	b := readBufs.Get().(*readBuf)
+	defer readBufs.Put(b)
+	req := &b.req
+	reqBytes := unsafe.Slice((*byte)(unsafe.Pointer(req)), unsafe.Sizeof(*req))
+	if iovLen(in) != len(reqBytes) {
+		return 0, false
+	}
+	gather(reqBytes, in)
+	size := int(req.Size)
+	if req.Length != uint32(len(reqBytes)) || iovLen(out) < outHeaderSize+size {
+		return 0, false
+	}
+	buf, ok := iovRange(out, outHeaderSize, size)
+	if !ok {
+		return 0, false
+	}
+	res, st := e.fs.Read(nil, req, buf)
+	switch {
+	case !st.Ok():
+		if res != nil {
+			res.Done()
+		}
+	case res == nil:
+		n = size // the file system filled buf (go-fuse sends it whole)
+	default:
+		b.dst = appendIovRange(b.dst[:0], out, outHeaderSize, res.Size())
+		n, st = readInto(res, b.dst)
+		res.Done()
+		clear(b.dst) // drop the references to guest memory
+		if !st.Ok() {
+			n = 0
+		}
+	}
+	n = header(&b.hdr, st, req.Unique, n)
+	scatter(out, b.hdr[:]) // the data is in out already
+	return n, true
+}
+
+type readBuf struct {
+	req fuse.ReadIn
+	hdr [outHeaderSize]byte
+	dst [][]byte
+}
+
+var readBufs = sync.Pool{New: func() any { return new(readBuf) }}
+
+// readInto has a ReadResult write its data into dst, as go-fuse does.
+func readInto(res fuse.ReadResult, dst [][]byte) (int, fuse.Status) {
+	switch r := res.(type) {
+	case interface {
+		Readv(dst [][]byte) (int, fuse.Status)
+	}:
+		return r.Readv(dst)
+	case interface {
+		Slices() ([][]byte, fuse.Status)
+	}:
+		src, st := r.Slices()
+		if !st.Ok() {
+			return 0, st
+		}
+		n := 0
+		for _, s := range src {
+			n += copyIov(dst, n, s)
+		}
+		return n, fuse.OK
+	}
+	return 0, fuse.EIO
+}
+
+// copyIov copies src into iov starting off bytes in; it returns how many
+// bytes fit.
+func copyIov(iov [][]byte, off int, src []byte) int {
+	n := 0
+	for _, b := range iov {
+		if off >= len(b) {
+			off -= len(b)
+			continue
+		}
+		c := copy(b[off:], src[n:])
+		n += c
+		off = 0
+		if n == len(src) {
+			break
+		}
+	}
+	return n
+}
+
+// iovRange returns the n bytes at off in iov if they are in one piece.
+func iovRange(iov [][]byte, off, n int) ([]byte, bool) {
+	for _, b := range iov {
+		if off < len(b) {
+			if off+n <= len(b) {
+				return b[off : off+n], true
+			}
+			return nil, false
+		}
+		off -= len(b)
+	}
+	return nil, n == 0
+}
+
+// appendIovRange appends to dst the pieces of iov that hold n bytes from off.
+func appendIovRange(dst [][]byte, iov [][]byte, off, n int) [][]byte {
+	for _, b := range iov {
+		if n == 0 {
+			break
+		}
+		if off >= len(b) {
+			off -= len(b)
+			continue
+		}
+		b = b[off:]
+		off = 0
+		b = b[:min(len(b), n)]
+		n -= len(b)
+		dst = append(dst, b)
+	}
+	return dst
 }
 
 // pollHackName is the name go-fuse answers LOOKUPs of itself (its epoll

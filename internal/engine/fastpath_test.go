@@ -230,15 +230,72 @@ func (f recFS) GetAttr(cancel <-chan struct{}, in *fuse.GetAttrIn, out *fuse.Att
 	return fuse.OK
 }
 
-// FuzzFastPath feeds any bytes, as LOOKUP, FORGET, GETATTR or BATCH_FORGET
-// requests split anywhere (the last two are go-fuse's either way), to an
-// engine with the fast paths and to one without: the replies and the file
-// system calls must be the same.
+// Read answers from a 10000-byte file whose byte i is i*7 (short at the
+// end), through a Readv result; fh%5 picks other shapes: 1 an error, 2 a
+// result that fails, 3 go-fuse's ReadResultData, 4 nil with OK (the file
+// system filled buf itself).
+func (f recFS) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (fuse.ReadResult, fuse.Status) {
+	*f.log = append(*f.log, fmt.Sprint("read ", in.NodeId, in.Fh, in.Offset, in.Size, len(buf)))
+	data := func() []byte {
+		var d []byte
+		for i := in.Offset; i < min(in.Offset+uint64(in.Size), 10000); i++ {
+			d = append(d, byte(i*7))
+		}
+		return d
+	}
+	switch in.Fh % 5 {
+	case 1:
+		return nil, fuse.EBADF
+	case 2:
+		return &testRead{data: data(), fail: true}, fuse.OK
+	case 3:
+		return fuse.ReadResultData(data()), fuse.OK
+	case 4:
+		copy(buf, data())
+		return nil, fuse.OK
+	}
+	return &testRead{data: data()}, fuse.OK
+}
+
+type testRead struct {
+	data []byte
+	fail bool
+}
+
+func (r *testRead) Size() int                              { return len(r.data) }
+func (r *testRead) Done()                                  {}
+func (r *testRead) Bytes(buf []byte) ([]byte, fuse.Status) { return r.data, fuse.OK }
+func (r *testRead) Readv(dst [][]byte) (int, fuse.Status) {
+	if r.fail {
+		return 0, fuse.EIO
+	}
+	n := 0
+	for _, d := range dst {
+		n += copy(d, r.data[n:])
+	}
+	return n, fuse.OK
+}
+
+// FuzzFastPath feeds any bytes, as LOOKUP, FORGET, GETATTR, READ or
+// BATCH_FORGET requests split anywhere (FORGETs are go-fuse's either way),
+// to an engine with the fast paths and to one without: the replies and the
+// file system calls must be the same.
 func FuzzFastPath(f *testing.F) {
 	f.Add(uint8(1), uint8(40), uint8(16), []byte("name\x00"))
 	f.Add(uint8(3), uint8(40), uint8(16), make([]byte, 16))
 	f.Add(uint8(2), uint8(0), uint8(0), make([]byte, 8))
-	f.Add(uint8(42), uint8(44), uint8(0), make([]byte, 40))
+	f.Add(uint8(5), uint8(44), uint8(0), make([]byte, 40))
+	readIn := func(fh, off uint64, size uint32) []byte {
+		b := binary.LittleEndian.AppendUint64(nil, fh)
+		b = binary.LittleEndian.AppendUint64(b, off)
+		b = binary.LittleEndian.AppendUint32(b, size)
+		return append(b, make([]byte, 20)...)
+	}
+	for fh := range uint64(5) {
+		f.Add(uint8(4), uint8(40), uint8(16), readIn(fh, 100, 64))
+		f.Add(uint8(4), uint8(40), uint8(16), readIn(fh, 9990, 64)) // short
+		f.Add(uint8(4), uint8(0), uint8(30), readIn(fh, 0, 100))    // data split
+	}
 	f.Fuzz(func(t *testing.T, op, inCut, outCut uint8, body []byte) {
 		var logs [2][]string
 		var replies [2][]byte
@@ -248,10 +305,8 @@ func FuzzFastPath(f *testing.F) {
 				t.Fatal("INIT:", st)
 			}
 			e.fastAttr.Store(i == 0)
-			req := request(uint32(op)%4, 77, body) // 1 LOOKUP, 2 FORGET, 3 GETATTR
-			if op >= 4 {
-				req = request(42, 77, body) // BATCH_FORGET
-			}
+			opcode := []uint32{0, opLookup, 2, opGetattr, opRead, 42}[op%6] // 2 FORGET, 42 BATCH_FORGET
+			req := request(opcode, 77, body)
 			if len(body) > 0 && body[0] == 0xff {
 				binary.LittleEndian.PutUint32(req[0:], uint32(len(req)+int(inCut))) // a wrong length
 			}
