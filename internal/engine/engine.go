@@ -95,6 +95,7 @@ const (
 	opLookup      = 1
 	opGetattr     = 3
 	opRead        = 15
+	opWrite       = 16
 	opInit        = 26
 	inHeaderSize  = 40
 	outHeaderSize = 16
@@ -114,7 +115,7 @@ func (e *Engine) HandleRequest(in, out [][]byte) (int, fuse.Status) {
 			}
 		}
 	}
-	if (op == opGetattr || op == opLookup || op == opRead) && e.fastAttr.Load() {
+	if (op == opGetattr || op == opLookup || op == opRead || op == opWrite) && e.fastAttr.Load() {
 		var n int
 		var ok bool
 		switch op {
@@ -122,8 +123,10 @@ func (e *Engine) HandleRequest(in, out [][]byte) (int, fuse.Status) {
 			n, ok = e.getattr(in, out)
 		case opLookup:
 			n, ok = e.lookup(in, out)
-		default:
+		case opRead:
 			n, ok = e.read(in, out)
+		default:
+			n, ok = e.write(in, out)
 		}
 		if ok {
 			if e.barrier != nil {
@@ -337,6 +340,56 @@ func (e *Engine) read(in, out [][]byte) (n int, ok bool) {
 	scatter(out, b.hdr[:]) // the data is in out already
 	return n, true
 }
+
+// write answers a WRITE as getattr answers a GETATTR: the data goes to
+// the file system's Writev as the pieces the request came in (as go-fuse
+// does), or, if it has none, to Write in one piece.
+func (e *Engine) write(in, out [][]byte) (n int, ok bool) {
+	b := writeBufs.Get().(*writeBuf)
+	defer writeBufs.Put(b)
+	req := &b.req
+	reqBytes := unsafe.Slice((*byte)(unsafe.Pointer(req)), unsafe.Sizeof(*req))
+	total := iovLen(in)
+	if total < len(reqBytes) || iovLen(out) < outHeaderSize+writeOutSize {
+		return 0, false
+	}
+	gatherAt(reqBytes, in, 0)
+	if req.Length != uint32(total) {
+		return 0, false
+	}
+	b.data = appendIovRange(b.data[:0], in, len(reqBytes), total-len(reqBytes))
+	if len(b.data) == 0 {
+		b.data = append(b.data, nil) // go-fuse hands over one empty piece
+	}
+	b.out = fuse.WriteOut{}
+	size, st := e.fs.Writev(nil, req, b.data)
+	if st == fuse.ENOSYS {
+		if len(b.data) == 1 {
+			size, st = e.fs.Write(nil, req, b.data[0])
+		} else {
+			buf := make([]byte, total-len(reqBytes))
+			gatherAt(buf, in, len(reqBytes))
+			size, st = e.fs.Write(nil, req, buf)
+		}
+	}
+	clear(b.data) // drop the references to guest memory
+	b.out.Size = size
+	return reply(out, &b.hdr, st, req.Unique, writeOutSize), true
+}
+
+type writeBuf struct {
+	req  fuse.WriteIn
+	data [][]byte
+	hdr  [outHeaderSize]byte
+	out  fuse.WriteOut
+}
+
+var writeBufs = sync.Pool{New: func() any { return new(writeBuf) }}
+
+const writeOutSize = int(unsafe.Sizeof(fuse.WriteOut{}))
+
+// writeBuf's reply header and write_out must be back to back.
+var _ [0]struct{} = [unsafe.Offsetof(writeBuf{}.out) - unsafe.Offsetof(writeBuf{}.hdr) - outHeaderSize]struct{}{}
 
 type readBuf struct {
 	req fuse.ReadIn

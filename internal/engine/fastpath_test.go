@@ -257,6 +257,30 @@ func (f recFS) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (fuse.R
 	return &testRead{data: data()}, fuse.OK
 }
 
+// Writev records the pieces of the data; fh%3 == 1 has no Writev (so the
+// engine falls back to Write), fh%3 == 2 fails.
+func (f recFS) Writev(cancel <-chan struct{}, in *fuse.WriteIn, data [][]byte) (uint32, fuse.Status) {
+	if in.Fh%3 == 1 {
+		return 0, fuse.ENOSYS
+	}
+	var lens []int
+	var all []byte
+	for _, d := range data {
+		lens = append(lens, len(d))
+		all = append(all, d...)
+	}
+	*f.log = append(*f.log, fmt.Sprintf("writev %d %d %d %d %v %x", in.NodeId, in.Fh, in.Offset, in.Size, lens, all))
+	if in.Fh%3 == 2 {
+		return 0, fuse.EIO
+	}
+	return uint32(len(all)), fuse.OK
+}
+
+func (f recFS) Write(cancel <-chan struct{}, in *fuse.WriteIn, data []byte) (uint32, fuse.Status) {
+	*f.log = append(*f.log, fmt.Sprintf("write %d %d %d %x", in.NodeId, in.Fh, in.Offset, data))
+	return uint32(len(data)) / 2, fuse.OK
+}
+
 type testRead struct {
 	data []byte
 	fail bool
@@ -276,7 +300,7 @@ func (r *testRead) Readv(dst [][]byte) (int, fuse.Status) {
 	return n, fuse.OK
 }
 
-// FuzzFastPath feeds any bytes, as LOOKUP, FORGET, GETATTR, READ or
+// FuzzFastPath feeds any bytes, as LOOKUP, FORGET, GETATTR, READ, WRITE or
 // BATCH_FORGET requests split anywhere (FORGETs are go-fuse's either way),
 // to an engine with the fast paths and to one without: the replies and the
 // file system calls must be the same.
@@ -290,6 +314,12 @@ func FuzzFastPath(f *testing.F) {
 		b = binary.LittleEndian.AppendUint64(b, off)
 		b = binary.LittleEndian.AppendUint32(b, size)
 		return append(b, make([]byte, 20)...)
+	}
+	for fh := range uint64(3) {
+		w := append(readIn(fh, 4096, 5), "hello"...)
+		f.Add(uint8(6), uint8(40), uint8(16), w)
+		f.Add(uint8(6), uint8(82), uint8(0), w) // data split
+		f.Add(uint8(6), uint8(0), uint8(0), readIn(fh, 0, 0))
 	}
 	for fh := range uint64(5) {
 		f.Add(uint8(4), uint8(40), uint8(16), readIn(fh, 100, 64))
@@ -305,7 +335,7 @@ func FuzzFastPath(f *testing.F) {
 				t.Fatal("INIT:", st)
 			}
 			e.fastAttr.Store(i == 0)
-			opcode := []uint32{0, opLookup, 2, opGetattr, opRead, 42}[op%6] // 2 FORGET, 42 BATCH_FORGET
+			opcode := []uint32{0, opLookup, 2, opGetattr, opRead, 42, opWrite}[op%7] // 2 FORGET, 42 BATCH_FORGET
 			req := request(opcode, 77, body)
 			if len(body) > 0 && body[0] == 0xff {
 				binary.LittleEndian.PutUint32(req[0:], uint32(len(req)+int(inCut))) // a wrong length
