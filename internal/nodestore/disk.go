@@ -528,6 +528,40 @@ func (s *diskStore) readExtLocked(buf *slotBuf) error {
 	return preadFull(s.extFD, buf.ext[:], int64(idx)*extSlotSize)
 }
 
+// scanSlotsLocked reads the records file from nodeid from up to byte
+// offset end, batch slots per pread, and calls fn with the nodeid, file
+// offset, decoded record and status (slotOK or slotBad) of each slot that
+// is not empty. It stops at the first error.
+func (s *diskStore) scanSlotsLocked(from NodeID, end int64, batch int, fn func(id NodeID, off int64, r *Record, st slotStatus) error) error {
+	buf := make([]byte, batch*slotSize)
+	sb := new(slotBuf)
+	for off := int64(from) * slotSize; off < end; off += int64(len(buf)) {
+		b := buf[:min(int64(len(buf)), end-off)]
+		if err := preadFull(s.recFD, b, off); err != nil {
+			return err
+		}
+		for i := 0; i+slotSize <= len(b); i += slotSize {
+			id := NodeID((off + int64(i)) / slotSize)
+			if id == 0 || b[i] == 0 && isZero(b[i:i+slotSize]) {
+				continue
+			}
+			copy(sb.main[:], b[i:i+slotSize])
+			if err := s.readExtLocked(sb); err != nil {
+				return err
+			}
+			var r Record
+			st := s.mac.decodeSlot(sb, id, &r)
+			if st == slotEmpty {
+				continue
+			}
+			if err := fn(id, off+int64(i), &r, st); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 // writeRecordLocked seals r and writes it: first its overflow slot, if it
 // needs one, then its slot, so that a failure leaves the old slot intact.
 // With behind (write-behind on) the slot goes to s.wb instead; fresh says

@@ -171,37 +171,15 @@ func (s *diskStore) scanLocked(fn func(*Record) error) (bad int, err error) {
 		}
 	}
 	end := min(s.allocEnd, int64(s.next)*slotSize)
-	buf := make([]byte, 1024*slotSize)
-	sb := new(slotBuf)
-	for off := int64(0); off < end; off += int64(len(buf)) {
-		b := buf[:min(int64(len(buf)), end-off)]
-		if err := preadFull(s.recFD, b, off); err != nil {
-			return bad, err
+	err = s.scanSlotsLocked(0, end, 1024, func(id NodeID, off int64, r *Record, st slotStatus) error {
+		if st == slotBad {
+			s.reportTampered(id, off)
+			bad++
+			return nil
 		}
-		for i := 0; i+slotSize <= len(b); i += slotSize {
-			id := NodeID((off + int64(i)) / slotSize)
-			if id == 0 || b[i] == 0 && isZero(b[i:i+slotSize]) {
-				continue
-			}
-			copy(sb.main[:], b[i:i+slotSize])
-			if err := s.readExtLocked(sb); err != nil {
-				return bad, err
-			}
-			var r Record
-			switch s.mac.decodeSlot(sb, id, &r) {
-			case slotBad:
-				s.reportTampered(id, off+int64(i))
-				bad++
-				continue
-			case slotEmpty:
-				continue
-			}
-			if err := fn(&r); err != nil {
-				return bad, err
-			}
-		}
-	}
-	return bad, nil
+		return fn(r)
+	})
+	return bad, err
 }
 
 // Verify reads every record of s and checks its MAC, for an operator's

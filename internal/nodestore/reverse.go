@@ -99,42 +99,23 @@ func (s *diskStore) rebuildIndexLocked() error {
 		return err
 	}
 	s.hdr.indexBits = uint32(s.ix.bits)
-	buf := make([]byte, 2048*slotSize)
-	sb := new(slotBuf)
 	var live, bad int
-	for off := int64(0); off < s.allocEnd; off += int64(len(buf)) {
-		b := buf[:min(int64(len(buf)), s.allocEnd-off)]
-		if err := preadFull(s.recFD, b, off); err != nil {
-			return err
+	err := s.scanSlotsLocked(0, s.allocEnd, 2048, func(id NodeID, _ int64, r *Record, st slotStatus) error {
+		if st == slotBad {
+			bad++
+			return nil
 		}
-		for i := 0; i+slotSize <= len(b); i += slotSize {
-			id := NodeID((off + int64(i)) / slotSize)
-			if id == 0 {
-				continue
-			}
-			var r Record
-			copy(sb.main[:], b[i:i+slotSize])
-			if err := s.readExtLocked(sb); err != nil {
-				return err
-			}
-			switch s.mac.decodeSlot(sb, id, &r) {
-			case slotBad:
-				bad++
-				continue
-			case slotEmpty:
-				continue
-			}
-			live++
-			s.next = max(s.next, id+1)
-			if s.ix.needsGrow() {
-				if err := s.growIndexLocked(); err != nil {
-					return err
-				}
-			}
-			if err := s.indexPutLocked(inoKey{r.Mount, r.Ino}, id); err != nil {
+		live++
+		s.next = max(s.next, id+1)
+		if s.ix.needsGrow() {
+			if err := s.growIndexLocked(); err != nil {
 				return err
 			}
 		}
+		return s.indexPutLocked(inoKey{r.Mount, r.Ino}, id)
+	})
+	if err != nil {
+		return err
 	}
 	if bad > 0 {
 		s.log.Error("nodestore: records failed their MAC during index rebuild (torn by a host crash, or tampered); they read as ErrTampered", "count", bad)
@@ -375,44 +356,31 @@ func (s *diskStore) flushIndexLocked() error {
 // that one is below the mark, and its entry was overwritten when it lost
 // the key.
 func (s *diskStore) recoverIndexLocked(from NodeID) error {
-	buf := make([]byte, 256*slotSize)
-	sb := new(slotBuf)
 	n := 0
-	for off := int64(from) * slotSize; off < s.allocEnd; off += int64(len(buf)) {
-		b := buf[:min(int64(len(buf)), s.allocEnd-off)]
-		if err := preadFull(s.recFD, b, off); err != nil {
+	err := s.scanSlotsLocked(from, s.allocEnd, 256, func(id NodeID, _ int64, r *Record, st slotStatus) error {
+		if st != slotOK {
+			return nil
+		}
+		if s.mig == nil && s.ix.needsGrow() {
+			if err := s.growIndexLocked(); err != nil {
+				return err
+			}
+		}
+		p, err := s.probePutLocked(inoKey{r.Mount, r.Ino})
+		if err != nil {
 			return err
 		}
-		for i := 0; i+slotSize <= len(b); i += slotSize {
-			id := NodeID((off + int64(i)) / slotSize)
-			if id == 0 {
-				continue
-			}
-			copy(sb.main[:], b[i:i+slotSize])
-			if err := s.readExtLocked(sb); err != nil {
-				return err
-			}
-			var r Record
-			if s.mac.decodeSlot(sb, id, &r) != slotOK {
-				continue
-			}
-			if s.mig == nil && s.ix.needsGrow() {
-				if err := s.growIndexLocked(); err != nil {
-					return err
-				}
-			}
-			p, err := s.probePutLocked(inoKey{r.Mount, r.Ino})
-			if err != nil {
-				return err
-			}
-			if p.replace && p.oldID == id {
-				continue // the entry made it to the file
-			}
-			if _, err := s.placeLocked(p, id); err != nil {
-				return err
-			}
-			n++
+		if p.replace && p.oldID == id {
+			return nil // the entry made it to the file
 		}
+		if _, err := s.placeLocked(p, id); err != nil {
+			return err
+		}
+		n++
+		return nil
+	})
+	if err != nil {
+		return err
 	}
 	if n > 0 {
 		s.log.Info("nodestore: reverse index entries put back after an unclean stop", "records", n, "from", uint64(from))
