@@ -81,6 +81,9 @@ type runner struct {
 	// helped: this is a run of the hiprio ring served by the request
 	// rings' threads (see device.hiprio), with no goroutine of its own.
 	helped bool
+	// wakeFD is wake's descriptor, which request threads poll on a
+	// helped run (valid until the run's last user let go of it).
+	wakeFD int
 	// kickFD is a duplicate of the kick eventfd, owned by a helped run,
 	// which the request threads poll; closed when the last of them let
 	// go of the run after it stopped.
@@ -220,7 +223,7 @@ func (v *vring) start() error {
 		return fmt.Errorf("vring %d: wake eventfd: %w", v.index, err)
 	}
 	r := &runner{done: make(chan struct{}), abandoned: make(chan struct{}), slots: make([]request, q.Size()),
-		wake: os.NewFile(uintptr(wfd), "vring-wake"), kickFD: -1}
+		wake: os.NewFile(uintptr(wfd), "vring-wake"), wakeFD: wfd, kickFD: -1}
 	if v.index == 0 && v.d.cfg.ThreadPoolSize == 0 {
 		kfd, err := unix.FcntlInt(uintptr(rawFD(v.kick)), unix.F_DUPFD_CLOEXEC, 0)
 		if err != nil {
@@ -409,7 +412,7 @@ func (v *vring) loop(r *runner, kick *os.File) {
 	}
 	defer v.recoverRing()
 	defer r.wake.Close()
-	kfd, wfd := rawFD(kick), rawFD(r.wake)
+	kfd, wfd := rawFD(kick), r.wakeFD
 	if kfd < 0 || wfd < 0 {
 		v.log.Error("kick or wake eventfd unusable; ring stops")
 		return
@@ -471,7 +474,7 @@ func waitKick(r *runner, kfd, wfd int, hp *runner) error {
 	n := 2
 	if hp != nil {
 		fds[2] = unix.PollFd{Fd: int32(hp.kickFD), Events: unix.POLLIN}
-		fds[3] = unix.PollFd{Fd: int32(rawFD(hp.wake)), Events: unix.POLLIN}
+		fds[3] = unix.PollFd{Fd: int32(hp.wakeFD), Events: unix.POLLIN}
 		n = 4
 	}
 	for {
