@@ -51,6 +51,7 @@ type config struct {
 	handles           inode.HandleMode
 	maxOpenFDs        int
 	threadPoolSize    int
+	pollMaxNS         int
 	logLevel          string
 	sandbox           string
 	printCaps         bool
@@ -83,6 +84,7 @@ func parseFlags(args []string) (*config, error) {
 	fs.StringVar(&c.handleKeyFile, "handle-key-file", "", "file holding the MAC key that seals node records (default: a key kept in the state directory, mode 0600)")
 	fs.IntVar(&c.maxOpenFDs, "max-open-fds", defaultMaxOpenFDs, "bound on node fds kept open (lowered to half of RLIMIT_NOFILE if that is smaller)")
 	fs.IntVar(&c.threadPoolSize, "thread-pool-size", 0, "request workers (0: a default for the transport)")
+	fs.IntVar(&c.pollMaxNS, "poll-max-ns", defaultPollMaxNS, "vhost-user: ns a request ring's thread polls for the next request before it sleeps, once requests queue up (0: never polls)")
 	fs.StringVar(&c.logLevel, "log-level", "info", "error, warn, info, debug or off")
 	fs.StringVar(&c.sandbox, "sandbox", "none", "sandbox mode (only none is implemented)")
 	fs.BoolVar(&c.printCaps, "print-capabilities", false, "print the vhost-user capabilities JSON and exit")
@@ -96,6 +98,9 @@ func parseFlags(args []string) (*config, error) {
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
+	}
+	if c.pollMaxNS < 0 {
+		return nil, fmt.Errorf("--poll-max-ns %d is negative", c.pollMaxNS)
 	}
 	if c.noAnnounce {
 		c.announceSubmounts = false

@@ -12,12 +12,19 @@ import (
 	"runtime"
 	"strconv"
 	"syscall"
+	"time"
 
 	"github.com/govirtiofsd/govirtiofsd/internal/engine"
 	"github.com/govirtiofsd/govirtiofsd/internal/inode"
 	"github.com/govirtiofsd/govirtiofsd/internal/passthrough"
 	"github.com/govirtiofsd/govirtiofsd/internal/vhostuser"
 )
+
+// defaultPollMaxNS bounds how long a request ring's thread polls for the
+// next request before it sleeps, once requests queue up (--poll-max-ns;
+// vhostuser.Config.PollMax says why). 20 µs covers the gap while a
+// driver turns completions into new requests.
+const defaultPollMaxNS = 20000
 
 // limitProcs sizes the Go scheduler to the threads that serve rings: one
 // per request queue, or the worker pool's size per queue. More Ps than
@@ -66,6 +73,7 @@ func serveVhostUser(ctx context.Context, c *config, fsys *passthrough.FS, table 
 		},
 		NumRequestQueues: c.numQueues,
 		ThreadPoolSize:   c.threadPoolSize,
+		PollMax:          time.Duration(c.pollMaxNS),
 		ExitOnDisconnect: c.exitOnDisconnect,
 		Tag:              c.tag,
 		DeviceState:      mig,

@@ -8,6 +8,7 @@ import (
 	"os"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -35,6 +36,10 @@ type queue struct {
 	waiters map[uint16]*pending // +checklocks:mu; by head
 	space   *sync.Cond          // signalled when descriptors are freed
 	dead    error               // +checklocks:mu; set when the queue cannot complete anymore
+
+	// kicks counts the kicks written: a back-end that polls its ring
+	// needs fewer (see Kicks).
+	kicks atomic.Uint64
 }
 
 // pending is one request in flight.
@@ -204,6 +209,16 @@ func (q *queue) shutdown() {
 	_ = q.call.SetReadDeadline(aLongTimeAgo())
 }
 
+// Kicks reports how many times the front-end kicked queue qi: once per
+// request the back-end asked to hear about (all of them without
+// VIRTIO_RING_F_EVENT_IDX, unless it turned kicks off).
+func (f *Frontend) Kicks(qi int) uint64 {
+	if qi < 0 || qi >= len(f.queues) {
+		return 0
+	}
+	return f.queues[qi].kicks.Load()
+}
+
 // Do sends one request on queue qi: in is copied into device-readable
 // buffers (one descriptor per element), and a device-writable buffer of
 // outLen bytes receives the reply, which is returned (as many bytes as the
@@ -302,6 +317,7 @@ func (f *Frontend) submit(ctx context.Context, q *queue, bufs []virtqueue.Buf, s
 	kick := q.drv.NeedKick()
 	q.mu.Unlock()
 	if kick {
+		q.kicks.Add(1)
 		var one [8]byte
 		binary.LittleEndian.PutUint64(one[:], 1)
 		if _, err := q.kick.Write(one[:]); err != nil {

@@ -109,6 +109,10 @@ type Config struct {
 	// ThreadPoolSize is the number of concurrent request workers per
 	// queue; 0 serves requests inline on the queue goroutine.
 	ThreadPoolSize int
+	// PollMax is how long a request ring's thread, serving requests
+	// inline, polls its ring for the next chain before it sleeps, once
+	// requests queue up on the ring (see vring.poll); 0 never polls.
+	PollMax time.Duration
 	// ExitOnDisconnect makes Serve return after the first connection.
 	ExitOnDisconnect bool
 	// Tag is the virtio-fs tag reported in the config space (GET_CONFIG);
@@ -159,6 +163,9 @@ func (c *Config) normalize() (Config, error) {
 	}
 	if n.ThreadPoolSize < 0 {
 		return n, fmt.Errorf("vhostuser: ThreadPoolSize %d is negative", n.ThreadPoolSize)
+	}
+	if n.PollMax < 0 {
+		return n, fmt.Errorf("vhostuser: PollMax %v is negative", n.PollMax)
 	}
 	if len(n.Tag) > 36 {
 		return n, fmt.Errorf("vhostuser: tag %q longer than 36 bytes", n.Tag)

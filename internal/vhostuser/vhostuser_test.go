@@ -393,10 +393,14 @@ func (h countingHandler) HandleRequest(in, out [][]byte) (int, fuse.Status) {
 // Every hiprio request completes, GET_VRING_BASE of the hiprio ring
 // reports all of them, and the request rings go on serving after it.
 func TestHiprioServedByRequestThreads(t *testing.T) {
-	for _, queues := range []int{1, 2} {
-		t.Run(fmt.Sprintf("queues=%d", queues), func(t *testing.T) {
+	for _, tc := range []struct {
+		queues int
+		poll   time.Duration
+	}{{1, 0}, {2, 0}, {1, 20 * time.Microsecond}, {2, 20 * time.Microsecond}} {
+		queues := tc.queues
+		t.Run(fmt.Sprintf("queues=%d,poll=%v", queues, tc.poll), func(t *testing.T) {
 			var n atomic.Int64
-			path := serveOnce(t, Config{NewHandler: func() Handler { return countingHandler{&n} }, NumRequestQueues: queues})
+			path := serveOnce(t, Config{NewHandler: func() Handler { return countingHandler{&n} }, NumRequestQueues: queues, PollMax: tc.poll})
 			f := dialFront(t, path)
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
@@ -461,5 +465,102 @@ func TestHiprioServedByRequestThreads(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// gateHandler holds the first request until gate is closed.
+type gateHandler struct {
+	first   *sync.Once
+	entered chan struct{}
+	gate    chan struct{}
+}
+
+func (h gateHandler) HandleRequest(in, out [][]byte) (int, fuse.Status) {
+	h.first.Do(func() {
+		close(h.entered)
+		<-h.gate
+	})
+	return nopHandler{}.HandleRequest(in, out)
+}
+
+// TestRingPolling: once requests queued up on the ring (one waiting behind
+// another), the ring thread polls the ring with the driver's kicks off, so
+// requests sent one after the other meanwhile need no kick; when polling
+// times out it turns kicks back on before it sleeps, so the next request
+// is kicked and served. Without polling (PollMax 0) every request sent to
+// an idle ring is kicked.
+func TestRingPolling(t *testing.T) {
+	for _, poll := range []time.Duration{0, 300 * time.Millisecond} {
+		t.Run(fmt.Sprintf("poll=%v", poll), func(t *testing.T) {
+			h := gateHandler{first: new(sync.Once), entered: make(chan struct{}), gate: make(chan struct{})}
+			path := serveOnce(t, Config{NewHandler: func() Handler { return h }, PollMax: poll})
+			f := dialFront(t, path)
+			const q = vhostfront.RequestQueue
+			do := func() {
+				t.Helper()
+				if out, err := f.Do(q, [][]byte{[]byte("req")}, 2); err != nil || string(out) != "ok" {
+					t.Fatalf("Do: %q %v", out, err)
+				}
+			}
+			// Requests queue up: the first is held in the handler while
+			// two more are put on the ring.
+			errs := make(chan error, 3)
+			send := func() { _, err := f.Do(q, [][]byte{[]byte("a")}, 2); errs <- err }
+			go send()
+			<-h.entered
+			go send()
+			go send()
+			time.Sleep(200 * time.Millisecond) // both published
+			close(h.gate)
+			for range 3 {
+				if err := <-errs; err != nil {
+					t.Fatal(err)
+				}
+			}
+			k0 := f.Kicks(q)
+			t0 := time.Now()
+			const n = 20
+			for range n {
+				do()
+			}
+			kicked := f.Kicks(q) - k0
+			switch {
+			case poll == 0 && kicked != n:
+				t.Errorf("no polling: %d requests to an idle ring took %d kicks, want one each", n, kicked)
+			case poll > 0 && time.Since(t0) < poll/2 && kicked != 0:
+				t.Errorf("polling ring: %d requests took %d kicks, want none", n, kicked)
+			}
+			// Polling times out: kicks are back on, and the next request
+			// is kicked and served.
+			time.Sleep(poll + 50*time.Millisecond)
+			k0 = f.Kicks(q)
+			do()
+			if kicked := f.Kicks(q) - k0; kicked != 1 {
+				t.Errorf("request to a sleeping ring: %d kicks, want 1", kicked)
+			}
+		})
+	}
+}
+
+// TestPollWindow: the poll window halves after a sleep longer than the
+// limit (to nothing below minPollWindow) and doubles after a shorter one,
+// up to the limit; an idle sleep leaves it as it is.
+func TestPollWindow(t *testing.T) {
+	const us = time.Microsecond
+	for _, c := range []struct{ window, slept, want time.Duration }{
+		{20 * us, 21 * us, 10 * us},
+		{10 * us, 500 * us, 5 * us},
+		{3 * us, 500 * us, 0},
+		{0, 500 * us, 0},
+		{10 * us, time.Second, 10 * us}, // idle: unchanged
+		{0, time.Second, 0},
+		{0, 5 * us, minPollWindow},
+		{minPollWindow, 5 * us, 2 * minPollWindow},
+		{16 * us, 19 * us, 20 * us},
+		{20 * us, 20 * us, 20 * us},
+	} {
+		if got := pollWindow(c.window, c.slept, 20*us); got != c.want {
+			t.Errorf("pollWindow(%v, slept %v, limit 20µs) = %v, want %v", c.window, c.slept, got, c.want)
+		}
 	}
 }
