@@ -591,9 +591,11 @@ func (v *vring) drain(r *runner, quiet bool) (queued, ok bool) {
 // a time while the driver turns completions into new requests. Sleeping
 // in poll(2) through such a gap costs the driver a kick and this thread a
 // wake-up, often on the other core, and on a 2-core host that took the
-// driver's CPU: GETATTR of 10k nodes, 4 in flight 71-75k -> 173-195k
-// requests/s, 16 in flight 250-275k -> 415-425k (the Rust virtiofsd
-// 310-410k), with less daemon CPU per request (5.8 -> 3.5 µs, 2.0 -> 1.8).
+// driver's CPU: GETATTR of 10k nodes (bench, 2 interleaved runs), 4 in
+// flight 62-72k -> 105-114k requests/s, 16 in flight 186-215k ->
+// 278-378k (the Rust virtiofsd 239-397k), with less daemon CPU per
+// request (5.9-6.6 -> 4.4-4.6 µs, 2.2-2.7 -> 1.7-2.0); CREATE, MKDIR,
+// READ, WRITE and the recorded workload unchanged within noise.
 // One request at a time never queues, so such a ring never polls: there
 // the gap is the driver's whole turnaround, and spinning through it took
 // the core the driver was woken on (GETATTR at 1 in flight: 26k instead
