@@ -45,8 +45,11 @@
 // the request rings' goroutines watch its kick beside their own and serve
 // its FORGETs and INTERRUPTs between and after their requests, so that one
 // thread per request queue does all the work (see helpHiprio); hiprio
-// requests then wait while no request ring runs. A device state transfer
-// runs on a goroutine of its own.
+// requests then wait while no request ring runs. Inline too, a request
+// ring's goroutine that finds requests queued up polls its ring (and the
+// hiprio ring) for up to Config.PollMax, with the driver's kicks off,
+// before it sleeps (see vring.poll). A device state transfer runs on a
+// goroutine of its own.
 //
 // Lock order: device.ctlMu, then device.mu, then vring.mu, then
 // dirtyLog.mu.
