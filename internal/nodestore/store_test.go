@@ -333,16 +333,8 @@ func TestKeyOwnerCrash(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
-			tc.opts.Logger = quietLogger()
-			ds, err := open(dir, tc.opts)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer ds.Close()
+			ds := openWithRoot(t, dir, tc.opts)
 			ds.noDefer = tc.noDefer
-			if _, err := ds.Insert(rec(0, 1, 0, "")); err != nil {
-				t.Fatal(err)
-			}
 			older, err := ds.Insert(rec(0, 9, 1, "older"))
 			if err != nil {
 				t.Fatal(err)
@@ -396,15 +388,8 @@ func TestKeyOwnerCrashDeleteBehind(t *testing.T) {
 		for _, kind := range []string{"over", "flushed", "fresh"} {
 			t.Run(tc.name+"/"+kind, func(t *testing.T) {
 				dir := t.TempDir()
-				tc.opts.Logger = quietLogger()
-				ds, err := open(dir, tc.opts)
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer ds.Close()
-				if _, err := ds.Insert(rec(0, 1, 0, "")); err != nil {
-					t.Fatal(err)
-				}
+				ds := openWithRoot(t, dir, tc.opts)
+				var err error
 				var older NodeID
 				if kind != "fresh" {
 					if older, err = ds.Insert(rec(0, 9, 1, "older")); err != nil {
@@ -484,6 +469,22 @@ func TestKeyOwnerCrashDeleteBehind(t *testing.T) {
 			})
 		}
 	}
+}
+
+// openWithRoot opens a disk store in dir with opts (logging discarded),
+// closed when the test ends, and inserts the root record.
+func openWithRoot(t *testing.T, dir string, opts Options) *diskStore {
+	t.Helper()
+	opts.Logger = quietLogger()
+	ds, err := open(dir, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ds.Close() })
+	if _, err := ds.Insert(rec(0, 1, 0, "")); err != nil {
+		t.Fatal(err)
+	}
+	return ds
 }
 
 func reopenCrashed(t *testing.T, dir string) Store {
