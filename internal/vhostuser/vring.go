@@ -696,8 +696,8 @@ func (v *vring) helpHiprio() bool {
 	return pending
 }
 
-// pop returns the next valid chain, and whether another is already
-// waiting behind it; or nil once the ring is empty with notifications
+// pop returns the next valid chain, and (quiet only: the caller may
+// poll) whether another is already waiting behind it; or nil once the ring is empty with notifications
 // re-enabled (quiet: still disabled), or the ring is disabled, broken, or
 // no longer run by r.
 func (v *vring) pop(r *runner, quiet bool) (_ *request, more bool, _ error) {
@@ -735,7 +735,7 @@ func (v *vring) pop(r *runner, quiet bool) (_ *request, more bool, _ error) {
 		}
 		v.inflight[head] = true
 		req.mem, req.r = q.Memory().Acquire(), r
-		return req, q.HasAvailable(), nil
+		return req, quiet && q.HasAvailable(), nil
 	}
 }
 
