@@ -30,10 +30,6 @@ type Node struct {
 	pinned bool
 	// ringIdx is the node's place in Table.ring (guarded by Table.mu).
 	ringIdx int
-	// parent and name are how the node was last looked up, its key in
-	// Table.byName ("" if none; guarded by Table.mu).
-	parent NodeID
-	name   string
 }
 
 // FD returns the node's O_PATH file descriptor. It stays valid until the

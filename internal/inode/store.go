@@ -24,13 +24,6 @@ var (
 	ErrTampered = nodestore.ErrTampered
 )
 
-// nameKey is a name in a directory: a hint of which cached node a LOOKUP
-// will find (see Table.Lookup).
-type nameKey struct {
-	parent NodeID
-	name   string
-}
-
 // inoKey identifies a host file within the table: persistent mount index
 // and host inode number.
 type inoKey struct {

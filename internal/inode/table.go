@@ -70,11 +70,8 @@ type Table struct {
 	mu    sync.RWMutex
 	byID  map[NodeID]*Node // +checklocks:mu
 	byKey map[inoKey]*Node // +checklocks:mu
-	// byName maps the name a cached node was last looked up by to it:
-	// a hint, checked by a statx of the name (see Lookup).
-	byName map[nameKey]*Node // +checklocks:mu
-	ring   []*Node           // +checklocks:mu (CLOCK order)
-	hand   int               // +checklocks:mu
+	ring  []*Node          // +checklocks:mu (CLOCK order)
+	hand  int              // +checklocks:mu
 }
 
 // statxMask is what every stat of a node asks for.
@@ -95,7 +92,7 @@ func New(rootPath string, store Store, opts Options) (*Table, error) {
 	t := &Table{
 		opts: opts, log: opts.Logger,
 		seed: maphash.MakeSeed(),
-		byID: map[NodeID]*Node{}, byKey: map[inoKey]*Node{}, byName: map[nameKey]*Node{},
+		byID: map[NodeID]*Node{}, byKey: map[inoKey]*Node{},
 	}
 	t.store.Store(&store)
 	t.mounts.byID = map[uint64]*Mount{}
@@ -179,7 +176,6 @@ func (t *Table) ReplaceStore(store Store) error {
 	t.ring, t.hand = nil, 0
 	t.byID = map[NodeID]*Node{RootID: t.root}
 	t.byKey = map[inoKey]*Node{{m.Index, st.Ino}: t.root}
-	t.byName = map[nameKey]*Node{}
 	t.mu.Unlock()
 	for _, n := range evicted {
 		n.Release()
@@ -222,7 +218,7 @@ func (t *Table) close() error {
 	for _, n := range t.ring {
 		n.Release()
 	}
-	t.ring, t.byID, t.byKey, t.byName = nil, map[NodeID]*Node{}, map[inoKey]*Node{}, map[nameKey]*Node{}
+	t.ring, t.byID, t.byKey = nil, map[NodeID]*Node{}, map[inoKey]*Node{}
 	t.mu.Unlock()
 	t.root.Release()
 	t.mounts.mu.Lock()
@@ -329,7 +325,7 @@ func (t *Table) get(id NodeID, depth int) (*Node, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("nodeid %d: %q in nodeid %d is another file now: %w", id, rec.Name, rec.Parent, unix.ESTALE)
 	}
-	return t.insertCache(&Node{ID: id, Type: rec.Type, Mount: m, Ino: rec.Ino, fd: fd, parent: rec.Parent, name: rec.Name}), nil
+	return t.insertCache(&Node{ID: id, Type: rec.Type, Mount: m, Ino: rec.Ino, fd: fd}), nil
 }
 
 // openByPath re-finds a node's file by walking its stored parent chain
@@ -385,22 +381,6 @@ func (t *Table) Lookup(parent *Node, name string, st *unix.Statx_t) (*Node, erro
 	}
 	if name == ".." && parent.ID == RootID {
 		return t.Root(), Statx(t.root.fd, st)
-	}
-	if name != ".." {
-		// A name looked up before (the guest revalidating a dentry
-		// whose entry timeout ran out): if it still names the cached
-		// node, one statx answers. The node's fd keeps its inode alive,
-		// so an equal inode number on the same mount is the same file.
-		if n := t.hinted(parent.ID, name); n != nil {
-			err := StatxAt(parent.fd, name, unix.AT_SYMLINK_NOFOLLOW|unix.AT_STATX_SYNC_AS_STAT, statxMask, st)
-			if err == nil && st.Ino == n.Ino && st.Mnt_id == n.Mount.MntID && uint32(st.Mode)&unix.S_IFMT == n.Type {
-				return n, nil
-			}
-			n.Release()
-			if err == unix.ENOENT {
-				return nil, err
-			}
-		}
 	}
 	fd, err := openChild(parent.fd, name)
 	if err != nil {
@@ -462,9 +442,6 @@ func (t *Table) Register(parent *Node, name string, fd int, st *unix.Statx_t) (*
 	defer kl.Unlock()
 	if n := t.cachedKey(key, typ); n != nil {
 		unix.Close(fd)
-		if name != "" {
-			t.setHint(n, parent.ID, name)
-		}
 		return n, nil
 	}
 	rec, err := t.recordLocked(parent.ID, name, m, st, func() (int32, []byte, error) { return t.handleOf(fd) })
@@ -472,47 +449,7 @@ func (t *Table) Register(parent *Node, name string, fd int, st *unix.Statx_t) (*
 		unix.Close(fd)
 		return nil, err
 	}
-	return t.insertCache(&Node{ID: rec.ID, Type: typ, Mount: m, Ino: st.Ino, fd: fd, parent: parent.ID, name: name}), nil
-}
-
-// hinted returns the cached node last looked up as name in parent,
-// referenced, or nil.
-func (t *Table) hinted(parent NodeID, name string) *Node {
-	t.mu.RLock()
-	defer t.mu.RUnlock()
-	n, ok := t.byName[nameKey{parent, name}]
-	if !ok {
-		return nil
-	}
-	n.IncRef()
-	n.clock.Store(true)
-	return n
-}
-
-// setHint makes name in parent the name node n (cached) is hinted by.
-func (t *Table) setHint(n *Node, parent NodeID, name string) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if n.parent == parent && n.name == name {
-		return
-	}
-	if t.byID[n.ID] != n {
-		return // evicted meanwhile
-	}
-	t.dropHintLocked(n)
-	n.parent, n.name = parent, name
-	t.byName[nameKey{parent, name}] = n
-}
-
-// dropHintLocked removes n's name hint.
-func (t *Table) dropHintLocked(n *Node) {
-	if n.name == "" {
-		return
-	}
-	if k := (nameKey{n.parent, n.name}); t.byName[k] == n {
-		delete(t.byName, k)
-	}
-	n.parent, n.name = 0, ""
+	return t.insertCache(&Node{ID: rec.ID, Type: typ, Mount: m, Ino: st.Ino, fd: fd}), nil
 }
 
 // Entry is what a lookup that opened no fd returns: enough for a FUSE
@@ -524,10 +461,15 @@ type Entry struct {
 
 // LookupStat resolves name in parent like Lookup, but records the node
 // without opening it: one statx instead of an open, a statx and (later) a
-// close, and no fd cache churn for the entries of a READDIRPLUS, most of
-// which the guest never uses. The fd is opened on first use (Get), which
-// checks the file is still the one recorded. name must be a validated
-// single component other than "." and "..".
+// close, and no fd cache churn. It serves LOOKUP and the entries of a
+// READDIRPLUS: most files a guest looks up it never opens (find, ls -l,
+// git status, a build's stat of every input), and an fd opened for each
+// would be closed again by eviction once more files are looked up than
+// the cache holds. A cached node is found by its key after the statx, so
+// a repeated LOOKUP costs no more than it would with an fd. The fd is
+// opened on first use (Get), which checks the file is still the one
+// recorded. name must be a validated single component other than "." and
+// "..".
 func (t *Table) LookupStat(parent *Node, name string, st *unix.Statx_t) (Entry, error) {
 	if err := StatxAt(parent.fd, name, unix.AT_SYMLINK_NOFOLLOW|unix.AT_STATX_SYNC_AS_STAT, statxMask, st); err != nil {
 		return Entry{}, err
@@ -626,10 +568,14 @@ func (t *Table) cachedKey(key inoKey, typ uint32) *Node {
 func (t *Table) recordLocked(parent NodeID, name string, m *Mount, st *unix.Statx_t, handle func() (int32, []byte, error)) (Record, error) {
 	typ := uint32(st.Mode) & unix.S_IFMT
 	fresh := Record{Mount: m.Index, Ino: st.Ino, Type: typ, Parent: parent, Name: name}
+	var rec Record
+	var err error
 	if t.opts.Handles == HandlesNever {
-		// One store round trip for the common case, a file never
-		// seen: look up and insert at once.
-		rec, inserted, err := t.st().LookupOrInsert(fresh)
+		// One store round trip, for a file never seen (look up and
+		// insert at once) as for one recorded before (the record
+		// ByIno would return).
+		var inserted bool
+		rec, inserted, err = t.st().LookupOrInsert(fresh)
 		if err != nil {
 			err = fmt.Errorf("record %q in the node table: %w", name, err)
 			t.warnInsert(err)
@@ -638,8 +584,9 @@ func (t *Table) recordLocked(parent NodeID, name string, m *Mount, st *unix.Stat
 		if inserted {
 			return rec, nil
 		}
+	} else {
+		rec, err = t.st().ByIno(m.Index, st.Ino)
 	}
-	rec, err := t.st().ByIno(m.Index, st.Ino)
 	switch {
 	case err == nil && rec.Type == typ && !t.handleChanged(rec, handle):
 		if rec.Parent != parent || rec.Name != name {
@@ -727,12 +674,6 @@ func (t *Table) insertCache(n *Node) *Node {
 	n.refs.Store(2) // the cache's and the caller's
 	t.byID[n.ID] = n
 	t.byKey[inoKey{n.Mount.Index, n.Ino}] = n
-	if n.name != "" {
-		if old, ok := t.byName[nameKey{n.parent, n.name}]; ok {
-			old.parent, old.name = 0, ""
-		}
-		t.byName[nameKey{n.parent, n.name}] = n
-	}
 	n.ringIdx = len(t.ring)
 	t.ring = append(t.ring, n)
 	var buf [4]*Node
@@ -777,7 +718,6 @@ func (t *Table) removeLocked(i int) {
 	if t.byKey[inoKey{n.Mount.Index, n.Ino}] == n {
 		delete(t.byKey, inoKey{n.Mount.Index, n.Ino})
 	}
-	t.dropHintLocked(n)
 }
 
 // Forget is the kernel dropping nlookup references. Nodeids stay valid; the

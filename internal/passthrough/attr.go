@@ -51,7 +51,18 @@ func (fs *FS) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name string, out 
 	if !parent.IsDir() && name != "." {
 		return fuse.ENOTDIR
 	}
-	return fs.entryFor(parent, name, out)
+	if name == "." || name == ".." {
+		return fs.entryFor(parent, name, out)
+	}
+	// Recorded without opening it (see inode.Table.LookupStat): the
+	// file's fd is opened when a request needs it.
+	var sx unix.Statx_t
+	e, err := fs.nodes.LookupStat(parent, name, &sx)
+	if err != nil {
+		return errno(err)
+	}
+	fs.fillEntry(e.ID, e.Mount.Index, &sx, out)
+	return fuse.OK
 }
 
 // Forget drops the kernel's lookup references; see inode.Table.Forget.

@@ -1,0 +1,99 @@
+package inode
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+func lookupStat(t *testing.T, tab *Table, parent *Node, name string) NodeID {
+	t.Helper()
+	var st unix.Statx_t
+	e, err := tab.LookupStat(parent, name, &st)
+	if err != nil {
+		t.Fatalf("lookup %s: %v", name, err)
+	}
+	return e.ID
+}
+
+// A LOOKUP (LookupStat) opens no fd, gives one file one nodeid however
+// often and by whichever link it is looked up, and follows the host: after
+// a host rename, a replacement, a removal or a type change the name is
+// resolved afresh. The fd opened on first use is the recorded file's.
+func TestLookupStatFollowsHost(t *testing.T) {
+	tab, dir := newTestTable(t, 64, HandlesNever)
+	root := tab.Root()
+	defer root.Release()
+	p := func(n string) string { return filepath.Join(dir, n) }
+	os.WriteFile(p("a"), []byte("a"), 0o644)
+	os.Link(p("a"), p("link"))
+	fds := tab.OpenFDs()
+	a := lookupStat(t, tab, root, "a")
+	if again := lookupStat(t, tab, root, "a"); again != a {
+		t.Errorf("second lookup of a: nodeid %d, want %d", again, a)
+	}
+	if l := lookupStat(t, tab, root, "link"); l != a {
+		t.Errorf("hard link of a: nodeid %d, want %d", l, a)
+	}
+	if got := tab.OpenFDs(); got != fds {
+		t.Errorf("open node fds after three lookups: %d, want %d (none opened)", got, fds)
+	}
+	n, err := tab.Get(a)
+	if err != nil {
+		t.Fatalf("first use of a: %v", err)
+	}
+	var st, want unix.Statx_t
+	Statx(n.FD(), &st)
+	unix.Statx(unix.AT_FDCWD, p("a"), unix.AT_SYMLINK_NOFOLLOW, statxMask, &want)
+	if st.Ino != want.Ino {
+		t.Errorf("fd opened on first use: ino %d, want a's %d", st.Ino, want.Ino)
+	}
+	n.Release()
+	// A cached node is found again by its key.
+	if again := lookupStat(t, tab, root, "a"); again != a {
+		t.Errorf("lookup of cached a: nodeid %d, want %d", again, a)
+	}
+
+	// Renamed away, another file takes the name.
+	os.Remove(p("link"))
+	os.Rename(p("a"), p("b"))
+	os.WriteFile(p("a"), []byte("new"), 0o644)
+	if na := lookupStat(t, tab, root, "a"); na == a {
+		t.Errorf("a after replacement: nodeid %d, the old file's", na)
+	}
+	if b := lookupStat(t, tab, root, "b"); b != a {
+		t.Errorf("b: nodeid %d, want %d (renamed a)", b, a)
+	}
+
+	// Removed on the host: ENOENT.
+	os.Remove(p("a"))
+	var st2 unix.Statx_t
+	if e, err := tab.LookupStat(root, "a", &st2); !errors.Is(err, unix.ENOENT) {
+		t.Errorf("lookup of removed a: %v, %v; want ENOENT", e, err)
+	}
+
+	// Replaced by a directory.
+	os.Mkdir(p("a"), 0o755)
+	if _, err := tab.LookupStat(root, "a", &st2); err != nil || st2.Mode&unix.S_IFMT != unix.S_IFDIR {
+		t.Errorf("a is a directory now, lookup gave mode %o, %v", st2.Mode, err)
+	}
+}
+
+// A file looked up without an fd and replaced on the host before its first
+// use is another file: the old nodeid must not resolve to the new one.
+func TestLookupStatReplacedBeforeUse(t *testing.T) {
+	tab, dir := newTestTable(t, 64, HandlesNever)
+	root := tab.Root()
+	defer root.Release()
+	os.WriteFile(filepath.Join(dir, "f"), []byte("old"), 0o644)
+	id := lookupStat(t, tab, root, "f")
+	os.Remove(filepath.Join(dir, "f"))
+	os.Mkdir(filepath.Join(dir, "f"), 0o755)
+	if n, err := tab.Get(id); err == nil {
+		n.Release()
+		t.Fatalf("nodeid %d of a removed file resolved to the directory now named f", id)
+	}
+}
