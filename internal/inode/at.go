@@ -2,6 +2,8 @@ package inode
 
 import (
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"unsafe"
 
@@ -36,6 +38,14 @@ func (b *nameBuf) set(s string) (*byte, error) {
 func (b *nameBuf) setProc(fd int) *byte {
 	const prefix = "/proc/self/fd/"
 	n := copy(b[:], prefix)
+	return b.putFD(n, fd)
+}
+
+// setFD makes b "<fd>".
+func (b *nameBuf) setFD(fd int) *byte { return b.putFD(0, fd) }
+
+// putFD writes fd's decimal digits and a NUL at b[n:] and returns &b[0].
+func (b *nameBuf) putFD(n, fd int) *byte {
 	var digits [20]byte
 	i := len(digits)
 	u := uint(fd)
@@ -75,16 +85,88 @@ func Openat(dirfd int, name string, flags int, mode uint32) (int, error) {
 	return int(fd), nil
 }
 
-// Reopen opens the file fd names through /proc/self/fd/<fd> with flags
-// (unix.Open(procPath(fd), flags, 0)).
+// procSelfFD is an O_PATH fd on /proc/self/fd, opened on first use, or -1
+// if that failed (then the absolute /proc/self/fd/<fd> path is used).
+// Reaching an fd's file through it is a lookup of one component, the
+// magic link, instead of a walk of /proc, the self symlink and fd first:
+// a reopen costs 0.9 instead of 1.2 µs here (the Rust virtiofsd keeps the
+// same fd for the same reason).
+var procSelfFD = sync.OnceValue(func() int {
+	fd, err := unix.Open("/proc/self/fd", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1
+	}
+	return fd
+})
+
+// procAt makes b the name of fd's magic link and returns the directory it
+// is relative to: "<fd>" in procSelfFD, or "/proc/self/fd/<fd>".
+func procAt(b *nameBuf, fd int) (uintptr, *byte) {
+	if dir := procSelfFD(); dir >= 0 {
+		return uintptr(dir), b.setFD(fd)
+	}
+	return atFDCWD, b.setProc(fd)
+}
+
+// Reopen opens the file fd names through its /proc/self/fd magic link with
+// flags (unix.Open("/proc/self/fd/<fd>", flags, 0)).
 func Reopen(fd int, flags int) (int, error) {
 	var b nameBuf
-	p := b.setProc(fd)
-	nfd, _, e := syscall.Syscall6(unix.SYS_OPENAT, atFDCWD, uintptr(unsafe.Pointer(p)), uintptr(flags|unix.O_LARGEFILE), 0, 0, 0)
+	dir, p := procAt(&b, fd)
+	nfd, _, e := syscall.Syscall6(unix.SYS_OPENAT, dir, uintptr(unsafe.Pointer(p)), uintptr(flags|unix.O_LARGEFILE), 0, 0, 0)
 	if e != 0 {
 		return -1, errnoErr(e)
 	}
 	return int(nfd), nil
+}
+
+// dot is the "." ReopenDir opens.
+var dot = [2]byte{'.', 0}
+
+// ReopenDir opens the directory fd (O_PATH) names with flags: as "."
+// relative to fd, half the cost of Reopen (0.6 instead of 1.2 µs here).
+// That needs search permission on the directory, which the magic link
+// does not, so a refusal falls back to Reopen.
+func ReopenDir(fd int, flags int) (int, error) {
+	nfd, _, e := syscall.Syscall6(unix.SYS_OPENAT, uintptr(fd), uintptr(unsafe.Pointer(&dot[0])), uintptr(flags|unix.O_DIRECTORY|unix.O_LARGEFILE), 0, 0, 0)
+	if e == 0 {
+		return int(nfd), nil
+	}
+	return Reopen(fd, flags|unix.O_DIRECTORY)
+}
+
+// noFchmodat2 is set once fchmodat2(2) (Linux 6.6) turned out missing.
+var noFchmodat2 atomic.Bool
+
+// Fchmod changes the mode of the file fd (O_PATH, not a symlink) names:
+// fchmodat2(fd, "", AT_EMPTY_PATH) where the kernel has it (0.4 µs here),
+// else fchmodat of its magic link (0.8 µs).
+func Fchmod(fd int, mode uint32) error {
+	if !noFchmodat2.Load() {
+		_, _, e := syscall.Syscall6(unix.SYS_FCHMODAT2, uintptr(fd), uintptr(unsafe.Pointer(&emptyPath[0])), uintptr(mode), unix.AT_EMPTY_PATH, 0, 0)
+		if e != unix.ENOSYS {
+			return errnoErr(e)
+		}
+		noFchmodat2.Store(true)
+	}
+	var b nameBuf
+	dir, p := procAt(&b, fd)
+	_, _, e := syscall.Syscall6(unix.SYS_FCHMODAT, dir, uintptr(unsafe.Pointer(p)), uintptr(mode), 0, 0, 0)
+	return errnoErr(e)
+}
+
+// LinkProc makes name in newDir a hard link to the file fd (O_PATH) names,
+// through its magic link (linkat with AT_EMPTY_PATH would need
+// CAP_DAC_READ_SEARCH). name must be a validated single component.
+func LinkProc(fd, newDir int, name string) error {
+	var ob, nb nameBuf
+	dir, op := procAt(&ob, fd)
+	np, err := nb.set(name)
+	if err != nil {
+		return err
+	}
+	_, _, e := syscall.Syscall6(unix.SYS_LINKAT, dir, uintptr(unsafe.Pointer(op)), uintptr(newDir), uintptr(unsafe.Pointer(np)), unix.AT_SYMLINK_FOLLOW, 0)
+	return errnoErr(e)
 }
 
 // StatxAt is unix.Statx for a single component name.

@@ -121,7 +121,7 @@ func (fs *FS) SetAttr(cancel <-chan struct{}, in *fuse.SetAttrIn, out *fuse.Attr
 		if n.IsSymlink() {
 			return fuse.Status(unix.EOPNOTSUPP)
 		}
-		if err := unix.Fchmodat(unix.AT_FDCWD, procPath(n.FD()), mode&07777, 0); err != nil {
+		if err := inode.Fchmod(n.FD(), mode&07777); err != nil {
 			return errno(err)
 		}
 	}

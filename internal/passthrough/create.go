@@ -111,7 +111,7 @@ func (fs *FS) Link(cancel <-chan struct{}, in *fuse.LinkIn, name string, out *fu
 	if old.IsDir() {
 		return fuse.EPERM
 	}
-	if err := unix.Linkat(unix.AT_FDCWD, procPath(old.FD()), parent.FD(), name, unix.AT_SYMLINK_FOLLOW); err != nil {
+	if err := inode.LinkProc(old.FD(), parent.FD(), name); err != nil {
 		return errno(err)
 	}
 	return fs.entryFor(parent, name, out)

@@ -79,7 +79,7 @@ const dirOpenFlags = unix.O_RDONLY | unix.O_DIRECTORY | unix.O_CLOEXEC
 // openDirStream opens node n's directory for reading; it takes over the
 // caller's reference on n.
 func openDirStream(n *inode.Node) (*dirStream, error) {
-	fd, err := inode.Reopen(n.FD(), dirOpenFlags)
+	fd, err := inode.ReopenDir(n.FD(), dirOpenFlags)
 	if err != nil {
 		return nil, err
 	}

@@ -276,7 +276,7 @@ func (fs *FS) Tmpfile(cancel <-chan struct{}, in *fuse.CreateIn, out *fuse.Creat
 	if err != nil {
 		return errno(err)
 	}
-	pfd, err := unix.Open(procPath(fd), unix.O_PATH|unix.O_CLOEXEC, 0)
+	pfd, err := inode.Reopen(fd, unix.O_PATH|unix.O_CLOEXEC)
 	if err != nil {
 		unix.Close(fd)
 		return errno(err)
