@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -20,9 +21,20 @@ const (
 
 // DropCaches makes the guest kernel forget the dentries and inodes it holds
 // (the FUSE client then sends FORGET), as `echo 3 > /proc/sys/vm/drop_caches`.
+// One drop is best effort: a directory whose child dentry was pruned in the
+// same pass can stay cached (a peer's handles-dir once passed that way), so
+// it drops three times, a moment apart.
 func DropCaches() error {
-	unix.Sync()
-	return os.WriteFile("/proc/sys/vm/drop_caches", []byte("3\n"), 0)
+	for i := range 3 {
+		if i > 0 {
+			time.Sleep(50 * time.Millisecond)
+		}
+		unix.Sync()
+		if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("3\n"), 0); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Handles takes file handles (name_to_handle_at) of dir/file and dir/dir,
