@@ -77,7 +77,7 @@ func (t *Table) handleAt(dirfd int, name string) (int32, []byte, error) {
 // be used here (no CAP_DAC_READ_SEARCH, or the mount is gone), so the caller
 // falls back to the parent chain.
 func (t *Table) openByHandle(rec Record, m *Mount, depth int) (fd int, ok bool, err error) {
-	if t.opts.Handles == HandlesNever || len(rec.Handle) == 0 || m == nil || m.fd < 0 {
+	if t.opts.Handles == HandlesNever || !isHostHandle(rec) || m == nil || m.fd < 0 {
 		return -1, false, nil
 	}
 	fd, err = unix.OpenByHandleAt(m.fd, unix.NewFileHandle(rec.HandleType, rec.Handle), unix.O_PATH|unix.O_CLOEXEC)

@@ -9,8 +9,13 @@
 //   - Host files are reached only through fds held by the table, with
 //     openat(O_PATH|O_NOFOLLOW) one component at a time from the shared
 //     directory, so no host symlink is ever followed and nothing outside the
-//     shared directory is reached. A file re-found after eviction is checked
-//     to be the same file (mount and inode number) before it is served.
+//     shared directory is reached (a LOOKUP's statx and a GETATTR of a node
+//     without an fd go by one name in the parent's fd, never following a
+//     symlink). A file re-found by a node without an fd is checked to be
+//     the same file (mount, inode number, type, and birth time or host
+//     handle where the filesystem has one: see birth.go) before it is
+//     served; a new file that got a deleted file's inode number gets a new
+//     nodeid.
 //   - Open fds are bounded: the fd cache holds at most MaxOpenFDs node fds
 //     (plus the nodes requests are using at the moment); an evicted node is
 //     re-resolved on demand from its Record, so eviction never turns into
@@ -75,7 +80,7 @@ type Table struct {
 }
 
 // statxMask is what every stat of a node asks for.
-const statxMask = unix.STATX_BASIC_STATS | unix.STATX_MNT_ID_UNIQUE
+const statxMask = unix.STATX_BASIC_STATS | unix.STATX_MNT_ID_UNIQUE | unix.STATX_BTIME
 
 // New opens the table for the shared directory rootPath on store.
 func New(rootPath string, store Store, opts Options) (*Table, error) {
@@ -259,7 +264,7 @@ func (t *Table) Stat(id NodeID, st *unix.Statx_t) (mount uint32, err error) {
 		if parent := t.cached(rec.Parent); parent != nil {
 			err := StatxAt(parent.fd, rec.Name, unix.AT_SYMLINK_NOFOLLOW|unix.AT_STATX_SYNC_AS_STAT, statxMask, st)
 			parent.Release()
-			if err == nil && st.Ino == rec.Ino && uint32(st.Mode)&unix.S_IFMT == rec.Type {
+			if err == nil && st.Ino == rec.Ino && uint32(st.Mode)&unix.S_IFMT == rec.Type && sameBirth(rec, st) {
 				if idx, ok := t.MountIndex(st); ok && idx == rec.Mount {
 					return idx, nil
 				}
@@ -303,7 +308,7 @@ func (t *Table) get(id NodeID, depth int) (*Node, error) {
 		return nil, fmt.Errorf("nodeid %d: record has no parent: %w", id, unix.ESTALE)
 	}
 	var m *Mount
-	if t.opts.Handles != HandlesNever && len(rec.Handle) > 0 {
+	if t.opts.Handles != HandlesNever && isHostHandle(rec) {
 		m = t.mountByIndex(rec.Mount)
 	}
 	fd, ok, err := t.openByHandle(rec, m, depth)
@@ -321,7 +326,7 @@ func (t *Table) get(id NodeID, depth int) (*Node, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("nodeid %d: %w", id, err)
 	}
-	if m.Index != rec.Mount || st.Ino != rec.Ino || uint32(st.Mode)&unix.S_IFMT != rec.Type {
+	if m.Index != rec.Mount || st.Ino != rec.Ino || uint32(st.Mode)&unix.S_IFMT != rec.Type || !sameBirth(rec, &st) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("nodeid %d: %q in nodeid %d is another file now: %w", id, rec.Name, rec.Parent, unix.ESTALE)
 	}
@@ -419,7 +424,7 @@ func (t *Table) registerKnown(fd int, st *unix.Statx_t) (*Node, error) {
 	}
 	t.mu.RUnlock()
 	rec, err := t.st().ByIno(m.Index, st.Ino)
-	if err != nil {
+	if err != nil || !sameBirth(rec, st) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("parent directory unknown: %w", unix.ESTALE)
 	}
@@ -568,6 +573,7 @@ func (t *Table) cachedKey(key inoKey, typ uint32) *Node {
 func (t *Table) recordLocked(parent NodeID, name string, m *Mount, st *unix.Statx_t, handle func() (int32, []byte, error)) (Record, error) {
 	typ := uint32(st.Mode) & unix.S_IFMT
 	fresh := Record{Mount: m.Index, Ino: st.Ino, Type: typ, Parent: parent, Name: name}
+	fresh.HandleType, fresh.Handle = birthHandle(st)
 	var rec Record
 	var err error
 	if t.opts.Handles == HandlesNever {
@@ -588,7 +594,7 @@ func (t *Table) recordLocked(parent NodeID, name string, m *Mount, st *unix.Stat
 		rec, err = t.st().ByIno(m.Index, st.Ino)
 	}
 	switch {
-	case err == nil && rec.Type == typ && !t.handleChanged(rec, handle):
+	case err == nil && rec.Type == typ && sameBirth(rec, st) && !t.handleChanged(rec, handle):
 		if rec.Parent != parent || rec.Name != name {
 			// Renamed on the host, or another hard link: remember the
 			// name we can reach it by now.
@@ -599,8 +605,9 @@ func (t *Table) recordLocked(parent NodeID, name string, m *Mount, st *unix.Stat
 		}
 		return rec, nil
 	case err == nil:
-		// The inode number was reused by another file (another type, or
-		// another handle generation): the old nodeid's file is gone.
+		// The inode number was reused by another file (another type,
+		// birth time or handle generation): the old nodeid's file is
+		// gone.
 		// Give the new file a new nodeid.
 		if err := t.st().Delete(rec.ID); err != nil {
 			t.log.Warn("could not delete stale node", "nodeid", rec.ID, "err", err)
@@ -610,8 +617,14 @@ func (t *Table) recordLocked(parent NodeID, name string, m *Mount, st *unix.Stat
 		return Record{}, fmt.Errorf("find %q: %w", name, err)
 	}
 	rec = fresh
-	if rec.HandleType, rec.Handle, err = handle(); err != nil {
-		return Record{}, err
+	if t.opts.Handles != HandlesNever {
+		typ, h, err := handle()
+		if err != nil {
+			return Record{}, err
+		}
+		if h != nil {
+			rec.HandleType, rec.Handle = typ, h
+		}
 	}
 	if rec.ID, err = t.st().Insert(rec); err != nil {
 		err = fmt.Errorf("record %q in the node table: %w", name, err)
@@ -624,7 +637,7 @@ func (t *Table) recordLocked(parent NodeID, name string, m *Mount, st *unix.Stat
 // handleChanged reports whether the file's host handle differs from the one
 // recorded: the inode number was reused for a new file.
 func (t *Table) handleChanged(rec Record, handle func() (int32, []byte, error)) bool {
-	if t.opts.Handles == HandlesNever || len(rec.Handle) == 0 {
+	if t.opts.Handles == HandlesNever || !isHostHandle(rec) {
 		return false
 	}
 	typ, h, err := handle()

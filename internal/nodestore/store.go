@@ -32,7 +32,7 @@ type Record struct {
 	Type       uint32 // S_IFMT bits of the host file
 	Parent     NodeID // parent directory's nodeid, for the path fallback (0 for the root)
 	Name       string // name in Parent, ≤ MaxNameLen bytes, for the path fallback
-	HandleType int32  // host file handle type (name_to_handle_at)
+	HandleType int32  // host file handle type (name_to_handle_at); negative: a type of the caller's own (the inode table's birth time), never a host handle
 	Handle     []byte // ≤ MaxHandleLen bytes; empty if the host fs has no handles
 }
 
