@@ -730,3 +730,86 @@ func TestIdentityReaddirplusKill(t *testing.T) {
 		t.Errorf("%d of %d READDIRPLUS entries lost across kill -9\n%s", bad, files, d.Log())
 	}
 }
+
+// TestIdentityInodeReuse: a file the guest knows is deleted while the
+// daemon is down, and the host gives its inode number, on the same device,
+// to a new file under the same name (two fresh tmpfs mounted in turn at one
+// path do that). After the restart the guest's old file handle must not
+// open the new file (ESTALE), and the new file gets a handle of its own.
+// With --inode-file-handles=never and no fd held on the old file, only the
+// record's birth time tells the two apart.
+func TestIdentityInodeReuse(t *testing.T) {
+	var sub string
+	remount := func(t testing.TB) {
+		t.Helper()
+		if err := unix.Mount("tmpfs", sub, "tmpfs", 0, "size=1m"); err != nil {
+			t.Fatalf("mount tmpfs at %s: %v", sub, err)
+		}
+	}
+	d := mounttest.Start(t, mounttest.Options{
+		Flags: []string{"--state-dir=" + t.TempDir(), "--inode-file-handles=never"},
+		Setup: func(t testing.TB, shared string) {
+			sub = filepath.Join(shared, "sub")
+			must(t, os.Mkdir(sub, 0o755))
+			remount(t)
+			// Registered before the server starts, so it runs after the
+			// server has stopped.
+			t.Cleanup(func() { unix.Unmount(sub, unix.MNT_DETACH) })
+		},
+	})
+	f := filepath.Join(d.Mnt, "sub", "f")
+	must(t, os.WriteFile(f, []byte("old file"), 0o644))
+	oldH, _, err := unix.NameToHandleAt(unix.AT_FDCWD, f, 0)
+	if err != nil {
+		t.Fatalf("name_to_handle_at: %v", err)
+	}
+	var before unix.Stat_t
+	must(t, unix.Stat(filepath.Join(sub, "f"), &before))
+
+	d.Stop()
+	if err := unix.Unmount(sub, 0); err != nil {
+		t.Fatalf("unmount the old tmpfs: %v", err)
+	}
+	remount(t)
+	must(t, os.WriteFile(filepath.Join(sub, "f"), []byte("new file"), 0o644))
+	var after unix.Stat_t
+	must(t, unix.Stat(filepath.Join(sub, "f"), &after))
+	if after.Dev != before.Dev || after.Ino != before.Ino {
+		t.Fatalf("the new file is %d:%d, the old one was %d:%d: the test premise (inode number reuse) fails", after.Dev, after.Ino, before.Dev, before.Ino)
+	}
+	d.Restart()
+
+	oldHandle := func(when string) {
+		t.Helper()
+		mounttest.DropCaches(t)
+		fd, err := openByHandle(d.Mnt, oldH, unix.O_RDONLY)
+		if err == nil {
+			b := make([]byte, 32)
+			n, _ := unix.Read(fd, b)
+			unix.Close(fd)
+			t.Errorf("%s: the deleted file's handle opened a file reading %q", when, b[:n])
+		} else if err != unix.ESTALE {
+			t.Errorf("%s: open_by_handle_at with the deleted file's handle: %v, want ESTALE", when, err)
+		}
+	}
+	oldHandle("before the new file is looked up")
+	if b, err := os.ReadFile(f); err != nil || string(b) != "new file" {
+		t.Fatalf("the new file through the mount: %q, %v", b, err)
+	}
+	newH, _, err := unix.NameToHandleAt(unix.AT_FDCWD, f, 0)
+	must(t, err)
+	if newH.Type() == oldH.Type() && string(newH.Bytes()) == string(oldH.Bytes()) {
+		t.Errorf("the new file has the deleted file's handle %x", newH.Bytes())
+	}
+	oldHandle("after the new file was looked up")
+	fd, err := openByHandle(d.Mnt, newH, unix.O_RDONLY)
+	if err != nil {
+		t.Fatalf("open_by_handle_at with the new file's handle: %v", err)
+	}
+	b := make([]byte, 32)
+	n, _ := unix.Read(fd, b)
+	unix.Close(fd)
+	if string(b[:n]) != "new file" {
+		t.Errorf("the new file's handle reads %q", b[:n])
+	}
+}
