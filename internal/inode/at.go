@@ -213,3 +213,121 @@ func statxFD(fd int, flags int, mask int, st *unix.Statx_t) error {
 
 // atFDCWD is AT_FDCWD as a syscall argument.
 var atFDCWD = func() uintptr { fd := unix.AT_FDCWD; return uintptr(fd) }()
+
+// The xattr calls on a node reach its inode through the magic link, which
+// names it without opening it (so fifos and devices are safe), as
+// getxattr("/proc/self/fd/<fd>") does; the *xattrat calls (Linux 6.13)
+// take the link relative to procSelfFD, which saves the walk of
+// /proc/self/fd. (With AT_EMPTY_PATH on the O_PATH fd itself they refuse
+// it: EBADF.) Names of 256 bytes or more take the absolute path, where the
+// kernel refuses them as before (ERANGE).
+
+// noXattrat is set once the kernel answered ENOSYS to an *xattrat call.
+var noXattrat atomic.Bool
+
+// xattrArgs is struct xattr_args.
+type xattrArgs struct {
+	value uint64
+	size  uint32
+	flags uint32
+}
+
+func bufAddr(b []byte) uint64 {
+	if len(b) == 0 {
+		return 0
+	}
+	return uint64(uintptr(unsafe.Pointer(&b[0])))
+}
+
+// xattrAt prepares the *xattrat arguments for fd's magic link relative to
+// procSelfFD and attr in the caller's buffers (on its stack); ok is false
+// when they cannot be used (no *xattrat, no procSelfFD, a name that is no
+// component), and the caller takes the absolute path.
+func xattrAt(pb, nb *nameBuf, fd int, attr string) (dir uintptr, path, name *byte, ok bool) {
+	if noXattrat.Load() || procSelfFD() < 0 {
+		return 0, nil, nil, false
+	}
+	name, err := nb.set(attr)
+	if err != nil {
+		return 0, nil, nil, false
+	}
+	dir, path = procAt(pb, fd)
+	return dir, path, name, true
+}
+
+// xattrDone turns an *xattrat result into the call's; ok is false when
+// the kernel lacks the call (ENOSYS), and the caller takes the absolute
+// path.
+func xattrDone(r uintptr, e syscall.Errno) (n int, ok bool, err error) {
+	if e == unix.ENOSYS {
+		noXattrat.Store(true)
+		return 0, false, nil
+	}
+	if e != 0 {
+		return 0, true, e
+	}
+	return int(r), true, nil
+}
+
+// procPathOf is "/proc/self/fd/<fd>" as a string, for the fallbacks.
+func procPathOf(fd int) string {
+	var b nameBuf
+	p := b.setProc(fd)
+	return unix.BytePtrToString(p)
+}
+
+// Getxattr reads attribute attr of the file fd (O_PATH) names into dest
+// (sizing it with an empty dest).
+func Getxattr(fd int, attr string, dest []byte) (int, error) {
+	var pb, nb nameBuf
+	if dir, path, name, ok := xattrAt(&pb, &nb, fd, attr); ok {
+		args := xattrArgs{value: bufAddr(dest), size: uint32(len(dest))}
+		r, _, e := syscall.Syscall6(unix.SYS_GETXATTRAT, dir, uintptr(unsafe.Pointer(path)), 0,
+			uintptr(unsafe.Pointer(name)), uintptr(unsafe.Pointer(&args)), unsafe.Sizeof(args))
+		if n, ok, err := xattrDone(r, e); ok {
+			return n, err
+		}
+	}
+	return unix.Getxattr(procPathOf(fd), attr, dest)
+}
+
+// Listxattr lists the attribute names of the file fd names into dest.
+func Listxattr(fd int, dest []byte) (int, error) {
+	var pb, nb nameBuf
+	if dir, path, _, ok := xattrAt(&pb, &nb, fd, ""); ok {
+		r, _, e := syscall.Syscall6(unix.SYS_LISTXATTRAT, dir, uintptr(unsafe.Pointer(path)), 0,
+			uintptr(bufAddr(dest)), uintptr(len(dest)), 0)
+		if n, ok, err := xattrDone(r, e); ok {
+			return n, err
+		}
+	}
+	return unix.Listxattr(procPathOf(fd), dest)
+}
+
+// Setxattr sets attribute attr of the file fd names (flags: XATTR_CREATE,
+// XATTR_REPLACE).
+func Setxattr(fd int, attr string, data []byte, flags int) error {
+	var pb, nb nameBuf
+	if dir, path, name, ok := xattrAt(&pb, &nb, fd, attr); ok {
+		args := xattrArgs{value: bufAddr(data), size: uint32(len(data)), flags: uint32(flags)}
+		r, _, e := syscall.Syscall6(unix.SYS_SETXATTRAT, dir, uintptr(unsafe.Pointer(path)), 0,
+			uintptr(unsafe.Pointer(name)), uintptr(unsafe.Pointer(&args)), unsafe.Sizeof(args))
+		if _, ok, err := xattrDone(r, e); ok {
+			return err
+		}
+	}
+	return unix.Setxattr(procPathOf(fd), attr, data, flags)
+}
+
+// Removexattr removes attribute attr of the file fd names.
+func Removexattr(fd int, attr string) error {
+	var pb, nb nameBuf
+	if dir, path, name, ok := xattrAt(&pb, &nb, fd, attr); ok {
+		r, _, e := syscall.Syscall6(unix.SYS_REMOVEXATTRAT, dir, uintptr(unsafe.Pointer(path)), 0,
+			uintptr(unsafe.Pointer(name)), 0, 0)
+		if _, ok, err := xattrDone(r, e); ok {
+			return err
+		}
+	}
+	return unix.Removexattr(procPathOf(fd), attr)
+}

@@ -177,3 +177,67 @@ func TestLinkProc(t *testing.T) {
 		t.Errorf("a name with a NUL byte was accepted")
 	}
 }
+
+// The xattr calls reach the O_PATH fd's file through its magic link, with
+// the *xattrat calls and through the absolute path alike: set, size, read,
+// list, remove, the errors a guest sees (no such attribute, a name too
+// long), and a fifo is not opened (the call does not block).
+func TestXattrThroughMagicLink(t *testing.T) {
+	for _, legacy := range []bool{false, true} {
+		t.Run(fmt.Sprint("xattrat=", !legacy), func(t *testing.T) {
+			old := noXattrat.Load()
+			noXattrat.Store(legacy)
+			defer noXattrat.Store(old)
+			dir := t.TempDir()
+			f := filepath.Join(dir, "f")
+			os.WriteFile(f, nil, 0o644)
+			fd := opath(t, f)
+			if err := Setxattr(fd, "user.k", []byte("value"), 0); err != nil {
+				t.Fatalf("setxattr: %v", err)
+			}
+			if err := Setxattr(fd, "user.k", []byte("again"), unix.XATTR_CREATE); err != unix.EEXIST {
+				t.Errorf("setxattr XATTR_CREATE of an existing attribute: %v, want EEXIST", err)
+			}
+			if n, err := Getxattr(fd, "user.k", nil); err != nil || n != 5 {
+				t.Errorf("getxattr size: %d, %v; want 5", n, err)
+			}
+			buf := make([]byte, 16)
+			if n, err := Getxattr(fd, "user.k", buf); err != nil || string(buf[:n]) != "value" {
+				t.Errorf("getxattr: %q, %v", buf[:n], err)
+			}
+			if _, err := Getxattr(fd, "user.k", buf[:2]); err != unix.ERANGE {
+				t.Errorf("getxattr into a short buffer: %v, want ERANGE", err)
+			}
+			if n, err := Listxattr(fd, buf); err != nil || string(buf[:n]) != "user.k\x00" {
+				t.Errorf("listxattr: %q, %v", buf[:n], err)
+			}
+			if _, err := Getxattr(fd, "user.none", buf); err != unix.ENODATA {
+				t.Errorf("getxattr of a missing attribute: %v, want ENODATA", err)
+			}
+			long := "user." + string(make([]byte, 300))
+			for i := 5; i < len(long); i++ {
+				long = long[:i] + "x" + long[i+1:]
+			}
+			if _, err := Getxattr(fd, long, buf); err != unix.ERANGE {
+				t.Errorf("getxattr of a 305-byte name: %v, want ERANGE", err)
+			}
+			if err := Removexattr(fd, "user.k"); err != nil {
+				t.Errorf("removexattr: %v", err)
+			}
+			if err := Removexattr(fd, "user.k"); err != unix.ENODATA {
+				t.Errorf("removexattr of a removed attribute: %v, want ENODATA", err)
+			}
+			if n, err := Listxattr(fd, buf); err != nil || n != 0 {
+				t.Errorf("listxattr after remove: %q, %v", buf[:n], err)
+			}
+
+			fifo := filepath.Join(dir, "fifo")
+			if err := unix.Mkfifo(fifo, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := Listxattr(opath(t, fifo), buf); err != nil {
+				t.Errorf("listxattr of a fifo: %v", err)
+			}
+		})
+	}
+}

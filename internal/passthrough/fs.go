@@ -328,8 +328,6 @@ func (fs *FS) SetSuppGroups(unique uint64, groups []uint32) (done func()) {
 	}
 }
 
-func procPath(fd int) string { return fmt.Sprintf("/proc/self/fd/%d", fd) }
-
 // rateLimited logs a warning at most once every ten seconds, so a guest
 // repeating a failing request cannot flood the log.
 type rateLimited struct {

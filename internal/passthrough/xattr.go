@@ -8,8 +8,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Extended attributes are reached through /proc/self/fd/N, which names the
-// node's inode without opening it (so fifos and devices are safe). A
+// Extended attributes are reached through the node's /proc/self/fd magic
+// link, which names its inode without opening it (so fifos and devices are
+// safe; see inode.Getxattr). A
 // symlink's own xattrs are reached as its name in its parent directory
 // (xattrat.go).
 
@@ -50,7 +51,7 @@ func (fs *FS) GetXAttr(cancel <-chan struct{}, h *fuse.InHeader, attr string, de
 			return 0, fuse.Status(unix.EOPNOTSUPP)
 		}
 	} else {
-		sz, err = unix.Getxattr(procPath(n.FD()), attr, dest)
+		sz, err = inode.Getxattr(n.FD(), attr, dest)
 	}
 	if err != nil {
 		return 0, errno(err)
@@ -78,7 +79,7 @@ func (fs *FS) ListXAttr(cancel <-chan struct{}, h *fuse.InHeader, dest []byte) (
 			return 0, fuse.OK
 		}
 	} else {
-		sz, err = unix.Listxattr(procPath(n.FD()), dest)
+		sz, err = inode.Listxattr(n.FD(), dest)
 	}
 	if err != nil {
 		return 0, errno(err)
@@ -111,7 +112,7 @@ func (fs *FS) SetXAttr(cancel <-chan struct{}, in *fuse.SetXAttrIn, attr string,
 		}
 		return fuse.Status(unix.EOPNOTSUPP)
 	}
-	return errno(unix.Setxattr(procPath(n.FD()), attr, data, int(in.Flags)))
+	return errno(inode.Setxattr(n.FD(), attr, data, int(in.Flags)))
 }
 
 // RemoveXAttr removes an attribute.
@@ -135,5 +136,5 @@ func (fs *FS) RemoveXAttr(cancel <-chan struct{}, h *fuse.InHeader, attr string)
 		}
 		return fuse.Status(unix.EOPNOTSUPP)
 	}
-	return errno(unix.Removexattr(procPath(n.FD()), attr))
+	return errno(inode.Removexattr(n.FD(), attr))
 }
