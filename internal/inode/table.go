@@ -466,15 +466,12 @@ type Entry struct {
 
 // LookupStat resolves name in parent like Lookup, but records the node
 // without opening it: one statx instead of an open, a statx and (later) a
-// close, and no fd cache churn. It serves LOOKUP and the entries of a
-// READDIRPLUS: most files a guest looks up it never opens (find, ls -l,
-// git status, a build's stat of every input), and an fd opened for each
-// would be closed again by eviction once more files are looked up than
-// the cache holds. A cached node is found by its key after the statx, so
-// a repeated LOOKUP costs no more than it would with an fd. The fd is
-// opened on first use (Get), which checks the file is still the one
-// recorded. name must be a validated single component other than "." and
-// "..".
+// close, and no fd cache churn. It serves the entries of a READDIRPLUS,
+// most of which the guest never uses, and LOOKUPs once the fd cache is
+// full (LookupEntry). A cached node is found by its key after the statx.
+// The fd is opened on first use (Get), which checks the file is still the
+// one recorded. name must be a validated single component other than "."
+// and "..".
 func (t *Table) LookupStat(parent *Node, name string, st *unix.Statx_t) (Entry, error) {
 	if err := StatxAt(parent.fd, name, unix.AT_SYMLINK_NOFOLLOW|unix.AT_STATX_SYNC_AS_STAT, statxMask, st); err != nil {
 		return Entry{}, err
@@ -492,6 +489,48 @@ func (t *Table) LookupStat(parent *Node, name string, st *unix.Statx_t) (Entry, 
 		return Entry{ID: n.ID, Mount: n.Mount}, nil
 	}
 	return t.recordEntry(parent, name, m, st, -1)
+}
+
+// LookupEntry resolves name in parent for a LOOKUP. A node the fd cache
+// holds is found from one statx of the name. A new one is opened and cached
+// while the cache has room: its fd pins the inode, so an OPEN that follows
+// reaches the file the LOOKUP saw even if the name is replaced meanwhile
+// (open(2) semantics, as the C and Rust virtiofsd keep them with an fd per
+// inode; without the pin such an OPEN gets ESTALE). Once the cache is full,
+// the file is recorded without an fd (LookupStat), as an evicted node is,
+// rather than opening one fd and closing another per LOOKUP: a walk of a
+// million files costs one statx each. name must be a validated single
+// component other than "." and "..".
+func (t *Table) LookupEntry(parent *Node, name string, st *unix.Statx_t) (Entry, error) {
+	if err := StatxAt(parent.fd, name, unix.AT_SYMLINK_NOFOLLOW|unix.AT_STATX_SYNC_AS_STAT, statxMask, st); err != nil {
+		return Entry{}, err
+	}
+	t.mounts.mu.RLock()
+	m, known := t.mounts.byID[st.Mnt_id]
+	t.mounts.mu.RUnlock()
+	if known {
+		key := inoKey{m.Index, st.Ino}
+		typ := uint32(st.Mode) & unix.S_IFMT
+		t.mu.RLock()
+		n, hit := t.byKey[key]
+		room := len(t.ring) < t.opts.MaxOpenFDs
+		if hit && n.Type == typ {
+			id := n.ID
+			n.clock.Store(true)
+			t.mu.RUnlock()
+			return Entry{ID: id, Mount: m}, nil
+		}
+		t.mu.RUnlock()
+		if !room {
+			return t.recordEntry(parent, name, m, st, -1)
+		}
+	}
+	n, err := t.Lookup(parent, name, st)
+	if err != nil {
+		return Entry{}, err
+	}
+	defer n.Release()
+	return Entry{ID: n.ID, Mount: n.Mount}, nil
 }
 
 // Created records the file the caller has just created (or opened with

@@ -54,10 +54,10 @@ func (fs *FS) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name string, out 
 	if name == "." || name == ".." {
 		return fs.entryFor(parent, name, out)
 	}
-	// Recorded without opening it (see inode.Table.LookupStat): the
-	// file's fd is opened when a request needs it.
+	// Opened and cached while the fd cache has room, recorded without an
+	// fd once it is full (see inode.Table.LookupEntry).
 	var sx unix.Statx_t
-	e, err := fs.nodes.LookupStat(parent, name, &sx)
+	e, err := fs.nodes.LookupEntry(parent, name, &sx)
 	if err != nil {
 		return errno(err)
 	}
