@@ -255,10 +255,14 @@ func xattrAt(pb, nb *nameBuf, fd int, attr string) (dir uintptr, path, name *byt
 	return dir, path, name, true
 }
 
-// xattrDone turns an *xattrat result into the call's; ok is false when
-// the kernel lacks the call (ENOSYS), and the caller takes the absolute
-// path.
-func xattrDone(r uintptr, e syscall.Errno) (n int, ok bool, err error) {
+// XattratMissing reports whether the kernel turned out to lack the
+// *xattrat calls (Linux 6.13).
+func XattratMissing() bool { return noXattrat.Load() }
+
+// XattratDone turns an *xattrat result into the call's; ok is false when
+// the kernel lacks the call (ENOSYS, remembered for XattratMissing), and
+// the caller takes another way.
+func XattratDone(r uintptr, e syscall.Errno) (n int, ok bool, err error) {
 	if e == unix.ENOSYS {
 		noXattrat.Store(true)
 		return 0, false, nil
@@ -284,7 +288,7 @@ func Getxattr(fd int, attr string, dest []byte) (int, error) {
 		args := xattrArgs{value: bufAddr(dest), size: uint32(len(dest))}
 		r, _, e := syscall.Syscall6(unix.SYS_GETXATTRAT, dir, uintptr(unsafe.Pointer(path)), 0,
 			uintptr(unsafe.Pointer(name)), uintptr(unsafe.Pointer(&args)), unsafe.Sizeof(args))
-		if n, ok, err := xattrDone(r, e); ok {
+		if n, ok, err := XattratDone(r, e); ok {
 			return n, err
 		}
 	}
@@ -297,7 +301,7 @@ func Listxattr(fd int, dest []byte) (int, error) {
 	if dir, path, _, ok := xattrAt(&pb, &nb, fd, ""); ok {
 		r, _, e := syscall.Syscall6(unix.SYS_LISTXATTRAT, dir, uintptr(unsafe.Pointer(path)), 0,
 			uintptr(bufAddr(dest)), uintptr(len(dest)), 0)
-		if n, ok, err := xattrDone(r, e); ok {
+		if n, ok, err := XattratDone(r, e); ok {
 			return n, err
 		}
 	}
@@ -312,7 +316,7 @@ func Setxattr(fd int, attr string, data []byte, flags int) error {
 		args := xattrArgs{value: bufAddr(data), size: uint32(len(data)), flags: uint32(flags)}
 		r, _, e := syscall.Syscall6(unix.SYS_SETXATTRAT, dir, uintptr(unsafe.Pointer(path)), 0,
 			uintptr(unsafe.Pointer(name)), uintptr(unsafe.Pointer(&args)), unsafe.Sizeof(args))
-		if _, ok, err := xattrDone(r, e); ok {
+		if _, ok, err := XattratDone(r, e); ok {
 			return err
 		}
 	}
@@ -325,7 +329,7 @@ func Removexattr(fd int, attr string) error {
 	if dir, path, name, ok := xattrAt(&pb, &nb, fd, attr); ok {
 		r, _, e := syscall.Syscall6(unix.SYS_REMOVEXATTRAT, dir, uintptr(unsafe.Pointer(path)), 0,
 			uintptr(unsafe.Pointer(name)), 0, 0)
-		if _, ok, err := xattrDone(r, e); ok {
+		if _, ok, err := XattratDone(r, e); ok {
 			return err
 		}
 	}

@@ -473,22 +473,37 @@ type Entry struct {
 // one recorded. name must be a validated single component other than "."
 // and "..".
 func (t *Table) LookupStat(parent *Node, name string, st *unix.Statx_t) (Entry, error) {
-	if err := StatxAt(parent.fd, name, unix.AT_SYMLINK_NOFOLLOW|unix.AT_STATX_SYNC_AS_STAT, statxMask, st); err != nil {
+	m, err := t.statName(parent, name, st)
+	if err != nil {
 		return Entry{}, err
 	}
-	t.mounts.mu.RLock()
-	m, ok := t.mounts.byID[st.Mnt_id]
-	t.mounts.mu.RUnlock()
-	if !ok {
-		// A mount seen for the first time is registered from an fd.
-		n, err := t.Lookup(parent, name, st)
-		if err != nil {
-			return Entry{}, err
-		}
-		defer n.Release()
-		return Entry{ID: n.ID, Mount: n.Mount}, nil
+	if m == nil {
+		return t.lookupEntry(parent, name, st)
 	}
 	return t.recordEntry(parent, name, m, st, -1)
+}
+
+// statName stats name in parent and returns the known mount it is on, or
+// nil for a mount seen for the first time (which is registered from an
+// fd: see lookupEntry).
+func (t *Table) statName(parent *Node, name string, st *unix.Statx_t) (*Mount, error) {
+	if err := StatxAt(parent.fd, name, unix.AT_SYMLINK_NOFOLLOW|unix.AT_STATX_SYNC_AS_STAT, statxMask, st); err != nil {
+		return nil, err
+	}
+	t.mounts.mu.RLock()
+	m := t.mounts.byID[st.Mnt_id]
+	t.mounts.mu.RUnlock()
+	return m, nil
+}
+
+// lookupEntry is Lookup for a caller that needs only the entry.
+func (t *Table) lookupEntry(parent *Node, name string, st *unix.Statx_t) (Entry, error) {
+	n, err := t.Lookup(parent, name, st)
+	if err != nil {
+		return Entry{}, err
+	}
+	defer n.Release()
+	return Entry{ID: n.ID, Mount: n.Mount}, nil
 }
 
 // LookupEntry resolves name in parent for a LOOKUP. A node the fd cache
@@ -502,13 +517,11 @@ func (t *Table) LookupStat(parent *Node, name string, st *unix.Statx_t) (Entry, 
 // million files costs one statx each. name must be a validated single
 // component other than "." and "..".
 func (t *Table) LookupEntry(parent *Node, name string, st *unix.Statx_t) (Entry, error) {
-	if err := StatxAt(parent.fd, name, unix.AT_SYMLINK_NOFOLLOW|unix.AT_STATX_SYNC_AS_STAT, statxMask, st); err != nil {
+	m, err := t.statName(parent, name, st)
+	if err != nil {
 		return Entry{}, err
 	}
-	t.mounts.mu.RLock()
-	m, known := t.mounts.byID[st.Mnt_id]
-	t.mounts.mu.RUnlock()
-	if known {
+	if m != nil {
 		key := inoKey{m.Index, st.Ino}
 		typ := uint32(st.Mode) & unix.S_IFMT
 		t.mu.RLock()
@@ -525,12 +538,7 @@ func (t *Table) LookupEntry(parent *Node, name string, st *unix.Statx_t) (Entry,
 			return t.recordEntry(parent, name, m, st, -1)
 		}
 	}
-	n, err := t.Lookup(parent, name, st)
-	if err != nil {
-		return Entry{}, err
-	}
-	defer n.Release()
-	return Entry{ID: n.ID, Mount: n.Mount}, nil
+	return t.lookupEntry(parent, name, st)
 }
 
 // Created records the file the caller has just created (or opened with

@@ -1,9 +1,9 @@
 package passthrough
 
 import (
-	"sync/atomic"
 	"unsafe"
 
+	"github.com/govirtiofsd/govirtiofsd/internal/inode"
 	"golang.org/x/sys/unix"
 )
 
@@ -12,9 +12,6 @@ import (
 // fds). The *xattrat syscalls (Linux 6.13) reach it as a name in its parent
 // directory with AT_SYMLINK_NOFOLLOW; older kernels (ENOSYS) report xattrs
 // on symlinks as unsupported.
-
-// noXattrat is set once the kernel answered ENOSYS.
-var noXattrat atomic.Bool
 
 type xattrArgs struct {
 	value uint64
@@ -33,20 +30,13 @@ func bufPtr(b []byte) uint64 {
 	return uint64(uintptr(unsafe.Pointer(&b[0])))
 }
 
-// xattrat runs one *xattrat call; ok is false when the kernel lacks it.
+// xattrat runs one *xattrat call; ok is false when the kernel lacks it
+// (the inode package remembers that for every *xattrat caller).
 func xattrat(call func() (uintptr, unix.Errno)) (n int, ok bool, err error) {
-	if noXattrat.Load() {
+	if inode.XattratMissing() {
 		return 0, false, nil
 	}
-	r, errno := call()
-	if errno == unix.ENOSYS {
-		noXattrat.Store(true)
-		return 0, false, nil
-	}
-	if errno != 0 {
-		return 0, true, errno
-	}
-	return int(r), true, nil
+	return inode.XattratDone(call())
 }
 
 func getxattrat(dirfd int, path, name string, dest []byte) (int, bool, error) {
