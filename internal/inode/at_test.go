@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"unsafe"
 
@@ -132,14 +133,21 @@ func TestReopenDir(t *testing.T) {
 	}
 }
 
+// setFlag sets a kernel-feature flag (noFchmodat2, noXattrat) for the
+// test, so both the new syscall and its fallback are exercised, and puts it
+// back at cleanup.
+func setFlag(t *testing.T, flag *atomic.Bool, v bool) {
+	old := flag.Load()
+	flag.Store(v)
+	t.Cleanup(func() { flag.Store(old) })
+}
+
 // Fchmod changes the mode of the fd's file, with fchmodat2 and through
 // the magic link.
 func TestFchmod(t *testing.T) {
 	for _, legacy := range []bool{false, true} {
 		t.Run(fmt.Sprint("fchmodat2=", !legacy), func(t *testing.T) {
-			old := noFchmodat2.Load()
-			noFchmodat2.Store(legacy)
-			defer noFchmodat2.Store(old)
+			setFlag(t, &noFchmodat2, legacy)
 			f := filepath.Join(t.TempDir(), "f")
 			os.WriteFile(f, nil, 0o644)
 			if err := Fchmod(opath(t, f), 0o4710); err != nil {
@@ -185,9 +193,7 @@ func TestLinkProc(t *testing.T) {
 func TestXattrThroughMagicLink(t *testing.T) {
 	for _, legacy := range []bool{false, true} {
 		t.Run(fmt.Sprint("xattrat=", !legacy), func(t *testing.T) {
-			old := noXattrat.Load()
-			noXattrat.Store(legacy)
-			defer noXattrat.Store(old)
+			setFlag(t, &noXattrat, legacy)
 			dir := t.TempDir()
 			f := filepath.Join(dir, "f")
 			os.WriteFile(f, nil, 0o644)
