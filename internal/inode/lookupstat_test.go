@@ -2,6 +2,7 @@ package inode
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -95,5 +96,72 @@ func TestLookupStatReplacedBeforeUse(t *testing.T) {
 	if n, err := tab.Get(id); err == nil {
 		n.Release()
 		t.Fatalf("nodeid %d of a removed file resolved to the directory now named f", id)
+	}
+}
+
+func lookupEntry(t *testing.T, tab *Table, parent *Node, name string) NodeID {
+	t.Helper()
+	var st unix.Statx_t
+	e, err := tab.LookupEntry(parent, name, &st)
+	if err != nil {
+		t.Fatalf("lookup %s: %v", name, err)
+	}
+	return e.ID
+}
+
+// LOOKUP (LookupEntry) answers a cached node from a statx of the name only
+// while the name still holds the cached file: after a host rename, a
+// replacement, a removal or a type change the name is resolved afresh,
+// below the fd bound and beyond it.
+func TestLookupEntryFollowsHost(t *testing.T) {
+	for _, full := range []bool{false, true} {
+		t.Run(map[bool]string{false: "room", true: "full"}[full], func(t *testing.T) {
+			tab, dir := newTestTable(t, 4, HandlesNever)
+			root := tab.Root()
+			defer root.Release()
+			p := func(n string) string { return filepath.Join(dir, n) }
+			if full {
+				for i := range 4 {
+					os.WriteFile(p(fmt.Sprint("f", i)), nil, 0o644)
+					lookup(t, tab, root, fmt.Sprint("f", i)).Release()
+				}
+			}
+			fds := tab.OpenFDs()
+			os.WriteFile(p("a"), []byte("a"), 0o644)
+			os.Link(p("a"), p("link"))
+			a := lookupEntry(t, tab, root, "a")
+			if again := lookupEntry(t, tab, root, "a"); again != a {
+				t.Errorf("second lookup of a: nodeid %d, want %d", again, a)
+			}
+			if l := lookupEntry(t, tab, root, "link"); l != a {
+				t.Errorf("hard link of a: nodeid %d, want %d", l, a)
+			}
+			if got, want := tab.OpenFDs(), fds+map[bool]int{false: 1, true: 0}[full]; got != want {
+				t.Errorf("open node fds after three lookups of one file: %d, want %d", got, want)
+			}
+
+			// Renamed away, another file takes the name.
+			os.Remove(p("link"))
+			os.Rename(p("a"), p("b"))
+			os.WriteFile(p("a"), []byte("new"), 0o644)
+			if na := lookupEntry(t, tab, root, "a"); na == a {
+				t.Errorf("a after replacement: nodeid %d, the old file's", na)
+			}
+			if b := lookupEntry(t, tab, root, "b"); b != a {
+				t.Errorf("b: nodeid %d, want %d (renamed a)", b, a)
+			}
+
+			// Removed on the host: ENOENT.
+			os.Remove(p("a"))
+			var st unix.Statx_t
+			if e, err := tab.LookupEntry(root, "a", &st); !errors.Is(err, unix.ENOENT) {
+				t.Errorf("lookup of removed a: %v, %v; want ENOENT", e, err)
+			}
+			// Replaced by a directory.
+			os.Mkdir(p("a"), 0o755)
+			if _, err := tab.LookupEntry(root, "a", &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFDIR {
+				t.Errorf("a is a directory now, lookup gave mode %o, %v", st.Mode, err)
+			}
+		})
 	}
 }

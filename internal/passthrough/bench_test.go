@@ -36,8 +36,8 @@ import (
 //	getattr (cached fd)    statx                                statx
 //	getattr (no fd)        statx by name                        statx by name
 //	lookup, cached node    openat, statx, close                 statx by name
-//	lookup, new file       openat, statx (+ close of an         the same
-//	                       evicted fd once the cache is full)
+//	lookup, new file       openat, statx (+ close of an         statx by name, openat, statx;
+//	                       evicted fd once the cache is full)   statx by name once it is full
 //	create+release+unlink  openat, openat, statx, close,        openat, statx, close,
 //	                       statx, unlinkat, close               statx, unlinkat
 //	mkdir+rmdir            mkdirat, openat, statx, statx,       the same
