@@ -135,6 +135,14 @@ func (e *Engine) HandleRequest(in, out [][]byte) (int, fuse.Status) {
 			return n, fuse.OK
 		}
 	}
+	if isMetaOp(op) && e.fastAttr.Load() {
+		if n, ok := e.meta(op, in, out); ok {
+			if e.barrier != nil {
+				n = e.applyBarrier(out, n)
+			}
+			return n, fuse.OK
+		}
+	}
 	isInit := op == opInit
 	n, st := e.ps.HandleRequest(in, out)
 	if e.barrier != nil {

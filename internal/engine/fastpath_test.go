@@ -300,15 +300,20 @@ func (r *testRead) Readv(dst [][]byte) (int, fuse.Status) {
 	return n, fuse.OK
 }
 
-// FuzzFastPath feeds any bytes, as LOOKUP, FORGET, GETATTR, READ, WRITE or
-// BATCH_FORGET requests split anywhere (FORGETs are go-fuse's either way),
-// to an engine with the fast paths and to one without: the replies and the
-// file system calls must be the same.
+// FuzzFastPath feeds any bytes, as LOOKUP, GETATTR, READ, WRITE,
+// BATCH_FORGET (go-fuse's either way) or a request of the metadata fast
+// path (meta.go) split anywhere, to an engine with the fast paths and to
+// one without: the replies and the file system calls must be the same.
 func FuzzFastPath(f *testing.F) {
 	f.Add(uint8(1), uint8(40), uint8(16), []byte("name\x00"))
 	f.Add(uint8(3), uint8(40), uint8(16), make([]byte, 16))
 	f.Add(uint8(2), uint8(0), uint8(0), make([]byte, 8))
 	f.Add(uint8(5), uint8(44), uint8(0), make([]byte, 40))
+	for op := uint8(7); op < 17; op++ {
+		f.Add(op, uint8(40), uint8(16), append(make([]byte, 88), "name\x00"...))
+		f.Add(op, uint8(40), uint8(16), make([]byte, 24))
+		f.Add(op, uint8(43), uint8(20), append(make([]byte, 16), "x\x00"...))
+	}
 	readIn := func(fh, off uint64, size uint32) []byte {
 		b := binary.LittleEndian.AppendUint64(nil, fh)
 		b = binary.LittleEndian.AppendUint64(b, off)
@@ -335,7 +340,9 @@ func FuzzFastPath(f *testing.F) {
 				t.Fatal("INIT:", st)
 			}
 			e.fastAttr.Store(i == 0)
-			opcode := []uint32{0, opLookup, 2, opGetattr, opRead, 42, opWrite}[op%7] // 2 FORGET, 42 BATCH_FORGET
+			opcodes := []uint32{0, opLookup, opForget, opGetattr, opRead, 42, opWrite, // 42 BATCH_FORGET
+				opSetattr, opMkdir, opUnlink, opRmdir, opOpen, opRelease, opFlush, opOpendir, opReleasedir, opCreate}
+			opcode := opcodes[int(op)%len(opcodes)]
 			req := request(opcode, 77, body)
 			if len(body) > 0 && body[0] == 0xff {
 				binary.LittleEndian.PutUint32(req[0:], uint32(len(req)+int(inCut))) // a wrong length
