@@ -676,3 +676,58 @@ func BenchmarkFlushIdle(b *testing.B) {
 		}
 	})
 }
+
+// Flushed records are stored through the window over the newest slots
+// (which moves along as nodeids grow) and, for an older record, written
+// with pwrite; all of it is in the file for a process that opens the
+// store after this one died (the store is never closed here), and a
+// delete's zeros too.
+func TestWriteBehindWindow(t *testing.T) {
+	dir := t.TempDir()
+	s := openT(t, dir, Options{WriteBehindRecords: true})
+	fl := s.(Flusher)
+	var rs []Record
+	for i := range 3000 { // three windows of 1024 slots
+		r := rec(0, uint64(i+1), 1, fmt.Sprint("f", i))
+		var err error
+		if r.ID, err = s.Insert(r); err != nil {
+			t.Fatal(err)
+		}
+		if err := fl.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		rs = append(rs, r)
+	}
+	w := s.(*diskStore).wb
+	w.mu.Lock()
+	win, off := w.win, w.winOff
+	w.mu.Unlock()
+	if win == nil {
+		t.Fatal("no window mapped on this filesystem: the test covers pwrite only")
+	}
+	if last := int64(rs[len(rs)-1].ID) * slotSize; last < off || last >= off+windowSize {
+		t.Errorf("window at %d+%d does not hold the newest slot at %d", off, windowSize, last)
+	}
+	// Before the window: an Update written with pwrite; in it: a Delete.
+	rs[0].Name = "renamed"
+	if err := s.Update(rs[0]); err != nil {
+		t.Fatal(err)
+	}
+	gone := rs[len(rs)-1]
+	if err := s.Delete(gone.ID); err != nil {
+		t.Fatal(err)
+	}
+	rs = rs[:len(rs)-1]
+	if err := fl.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	abandon(s.(*diskStore)) // the process dies: no Sync, no Close
+	s2 := openT(t, dir, Options{WriteBehindRecords: true})
+	defer s2.Close()
+	for _, r := range rs {
+		mustGet(t, s2, r)
+	}
+	if r, err := s2.Get(gone.ID); !errors.Is(err, ErrNotFound) {
+		t.Errorf("deleted nodeid %d: %+v, %v; want ErrNotFound", gone.ID, r, err)
+	}
+}
