@@ -62,9 +62,12 @@
 //	index.N      reverse index, an open-addressing hash table (see index, grow.go)
 //	mounts       the mount table, rewritten whole and atomically on change
 //
-// The files are read and written with pread/pwrite, never mmap: pages in
-// the page cache do not count towards the process's RSS, while touched
-// pages of a mapping do. Process memory is the cache (Options.CacheBytes,
+// The files are read and written with pread/pwrite, not through a mapping
+// of the whole file: pages in the page cache do not count towards the
+// process's RSS, while touched pages of a mapping do. The one exception,
+// with Options.WriteBehindRecords, is Flush's window over the newest 256 KiB
+// of the records file (writebehind.go), so at most 256 KiB of mapped pages.
+// Process memory is the cache (Options.CacheBytes,
 // fixed arrays allocated at Open, see cache), a one-byte-per-bucket
 // mirror of the index (index.fp: up to a quarter of CacheBytes, at most
 // 4 MiB; bigger indexes are not mirrored) plus small per-call buffers.
@@ -127,7 +130,8 @@
 // the call returns: they wait, sealed, in a buffer of at most 256 slots, and
 // survive a process crash only once Flush (or Sync, Close, an index flush
 // or a full buffer) has written them, each run of consecutive nodeids with
-// one pwrite (writebehind.go). The caller calls Flush before the nodeids
+// one copy into the window over the newest slots or one pwrite
+// (writebehind.go). The caller calls Flush before the nodeids
 // leave the process (the daemon: after each request, before its reply); a
 // record lost unflushed reads as ErrNotFound in the next process, as one
 // lost in a host crash (TestWriteBehindFlushCrash,
