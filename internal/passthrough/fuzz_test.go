@@ -27,6 +27,16 @@ func FuzzRequest(f *testing.F) {
 	f.Add(hdr(opReaddir, 1, make([]byte, 40)))
 	f.Add(hdr(opBatchFgt, 0, []byte{255, 255, 255, 255, 0, 0, 0, 0}))
 	f.Add(hdr(opCreate, 1, append(make([]byte, 16), "c\x00"...)))
+	// The requests the engine answers without go-fuse's dispatcher.
+	f.Add(hdr(opUnlink, 1, []byte("a\x00")))
+	f.Add(hdr(opRmdir, 1, []byte("a\x00")))
+	f.Add(hdr(opOpen, 1, make([]byte, 8)))
+	f.Add(hdr(opOpendir, 1, make([]byte, 8)))
+	f.Add(hdr(opRelease, 1, make([]byte, 24)))
+	f.Add(hdr(opReleasedir, 1, make([]byte, 24)))
+	f.Add(hdr(25, 1, make([]byte, 24))) // FLUSH
+	f.Add(hdr(4, 1, make([]byte, 88)))  // SETATTR
+	f.Add(hdr(2, 1, make([]byte, 8)))   // FORGET
 	f.Add([]byte{1, 2, 3})
 	f.Fuzz(func(t *testing.T, req []byte) {
 		s := newWireServer(t)
