@@ -58,28 +58,46 @@ func TestLookupStatFollowsHost(t *testing.T) {
 		t.Errorf("lookup of cached a: nodeid %d, want %d", again, a)
 	}
 
+	checkFollowsHost(t, p, a, func(name string, st *unix.Statx_t) (NodeID, error) {
+		e, err := tab.LookupStat(root, name, st)
+		return e.ID, err
+	})
+}
+
+// checkFollowsHost changes the host under file a (nodeid a, with a hard
+// link "link" to it) and checks that look, a lookup in the shared
+// directory p names, follows: a rename away and another file under the
+// name, a removal (ENOENT), a directory in its place.
+func checkFollowsHost(t *testing.T, p func(string) string, a NodeID, look func(name string, st *unix.Statx_t) (NodeID, error)) {
+	t.Helper()
+	var st unix.Statx_t
+	must := func(name string) NodeID {
+		t.Helper()
+		id, err := look(name, &st)
+		if err != nil {
+			t.Fatalf("lookup %s: %v", name, err)
+		}
+		return id
+	}
 	// Renamed away, another file takes the name.
 	os.Remove(p("link"))
 	os.Rename(p("a"), p("b"))
 	os.WriteFile(p("a"), []byte("new"), 0o644)
-	if na := lookupStat(t, tab, root, "a"); na == a {
+	if na := must("a"); na == a {
 		t.Errorf("a after replacement: nodeid %d, the old file's", na)
 	}
-	if b := lookupStat(t, tab, root, "b"); b != a {
+	if b := must("b"); b != a {
 		t.Errorf("b: nodeid %d, want %d (renamed a)", b, a)
 	}
-
 	// Removed on the host: ENOENT.
 	os.Remove(p("a"))
-	var st2 unix.Statx_t
-	if e, err := tab.LookupStat(root, "a", &st2); !errors.Is(err, unix.ENOENT) {
-		t.Errorf("lookup of removed a: %v, %v; want ENOENT", e, err)
+	if id, err := look("a", &st); !errors.Is(err, unix.ENOENT) {
+		t.Errorf("lookup of removed a: nodeid %d, %v; want ENOENT", id, err)
 	}
-
 	// Replaced by a directory.
 	os.Mkdir(p("a"), 0o755)
-	if _, err := tab.LookupStat(root, "a", &st2); err != nil || st2.Mode&unix.S_IFMT != unix.S_IFDIR {
-		t.Errorf("a is a directory now, lookup gave mode %o, %v", st2.Mode, err)
+	if _, err := look("a", &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		t.Errorf("a is a directory now, lookup gave mode %o, %v", st.Mode, err)
 	}
 }
 
@@ -140,28 +158,10 @@ func TestLookupEntryFollowsHost(t *testing.T) {
 				t.Errorf("open node fds after three lookups of one file: %d, want %d", got, want)
 			}
 
-			// Renamed away, another file takes the name.
-			os.Remove(p("link"))
-			os.Rename(p("a"), p("b"))
-			os.WriteFile(p("a"), []byte("new"), 0o644)
-			if na := lookupEntry(t, tab, root, "a"); na == a {
-				t.Errorf("a after replacement: nodeid %d, the old file's", na)
-			}
-			if b := lookupEntry(t, tab, root, "b"); b != a {
-				t.Errorf("b: nodeid %d, want %d (renamed a)", b, a)
-			}
-
-			// Removed on the host: ENOENT.
-			os.Remove(p("a"))
-			var st unix.Statx_t
-			if e, err := tab.LookupEntry(root, "a", &st); !errors.Is(err, unix.ENOENT) {
-				t.Errorf("lookup of removed a: %v, %v; want ENOENT", e, err)
-			}
-			// Replaced by a directory.
-			os.Mkdir(p("a"), 0o755)
-			if _, err := tab.LookupEntry(root, "a", &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFDIR {
-				t.Errorf("a is a directory now, lookup gave mode %o, %v", st.Mode, err)
-			}
+			checkFollowsHost(t, p, a, func(name string, st *unix.Statx_t) (NodeID, error) {
+				e, err := tab.LookupEntry(root, name, st)
+				return e.ID, err
+			})
 		})
 	}
 }
