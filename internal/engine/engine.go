@@ -1,8 +1,11 @@
 // Package engine is the FUSE protocol engine shared by every transport: it
-// wraps go-fuse's ProtocolServer for one client connection, records the
-// INIT exchange (so that a successor process can replay it after a restart,
-// and so the file system learns what was negotiated), and never touches the
-// host itself.
+// wraps go-fuse's ProtocolServer for one client connection, answers the
+// requests a guest sends most (LOOKUP, GETATTR, READ, WRITE and the
+// open/create/remove family, see meta.go) itself with the same
+// RawFileSystem calls and reply bytes but without a per-request
+// allocation, records the INIT exchange (so that a successor process can
+// replay it after a restart, and so the file system learns what was
+// negotiated), and never touches the host itself.
 package engine
 
 import (
