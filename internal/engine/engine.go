@@ -118,28 +118,8 @@ func (e *Engine) HandleRequest(in, out [][]byte) (int, fuse.Status) {
 			}
 		}
 	}
-	if (op == opGetattr || op == opLookup || op == opRead || op == opWrite) && e.fastAttr.Load() {
-		var n int
-		var ok bool
-		switch op {
-		case opGetattr:
-			n, ok = e.getattr(in, out)
-		case opLookup:
-			n, ok = e.lookup(in, out)
-		case opRead:
-			n, ok = e.read(in, out)
-		default:
-			n, ok = e.write(in, out)
-		}
-		if ok {
-			if e.barrier != nil {
-				n = e.applyBarrier(out, n)
-			}
-			return n, fuse.OK
-		}
-	}
-	if isMetaOp(op) && e.fastAttr.Load() {
-		if n, ok := e.meta(op, in, out); ok {
+	if e.fastAttr.Load() {
+		if n, ok := e.fast(op, in, out); ok {
 			if e.barrier != nil {
 				n = e.applyBarrier(out, n)
 			}
@@ -157,6 +137,25 @@ func (e *Engine) HandleRequest(in, out [][]byte) (int, fuse.Status) {
 		}
 	}
 	return n, st
+}
+
+// fast answers the requests the engine serves without go-fuse's
+// dispatcher; ok is false for any other, or one it leaves to go-fuse.
+func (e *Engine) fast(op uint32, in, out [][]byte) (n int, ok bool) {
+	switch op {
+	case opGetattr:
+		return e.getattr(in, out)
+	case opLookup:
+		return e.lookup(in, out)
+	case opRead:
+		return e.read(in, out)
+	case opWrite:
+		return e.write(in, out)
+	}
+	if isMetaOp(op) {
+		return e.meta(op, in, out)
+	}
+	return 0, false
 }
 
 // applyBarrier runs the barrier and, if it fails, turns a successful reply

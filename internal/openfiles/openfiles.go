@@ -236,12 +236,7 @@ func (t *Table) writeLocked(slot uint64, e Entry) error {
 		t.encodeLocked(slot, b, e)
 		return nil
 	}
-	var b [slotSize]byte
-	t.encodeLocked(slot, &b, e)
-	if _, err := t.f.WriteAt(b[:], off); err != nil {
-		return fmt.Errorf("write file table: %w", err)
-	}
-	return nil
+	return t.writeThroughLocked(slot, e)
 }
 
 // writeThroughLocked writes slot with pwrite even where the file is
