@@ -264,8 +264,8 @@ func (t *Table) Stat(id NodeID, st *unix.Statx_t) (mount uint32, err error) {
 		if parent := t.cached(rec.Parent); parent != nil {
 			err := StatxAt(parent.fd, rec.Name, unix.AT_SYMLINK_NOFOLLOW|unix.AT_STATX_SYNC_AS_STAT, statxMask, st)
 			parent.Release()
-			if err == nil && st.Ino == rec.Ino && uint32(st.Mode)&unix.S_IFMT == rec.Type && sameBirth(rec, st) {
-				if idx, ok := t.MountIndex(st); ok && idx == rec.Mount {
+			if err == nil {
+				if idx, ok := t.MountIndex(st); ok && isRecordedFile(rec, idx, st) {
 					return idx, nil
 				}
 			}
@@ -277,6 +277,13 @@ func (t *Table) Stat(id NodeID, st *unix.Statx_t) (mount uint32, err error) {
 	}
 	defer n.Release()
 	return n.Mount.Index, Statx(n.fd, st)
+}
+
+// isRecordedFile reports whether st, a file on the mount of index mount, is
+// the file rec records: same mount, inode number, type and (where the
+// filesystem has one) birth time.
+func isRecordedFile(rec Record, mount uint32, st *unix.Statx_t) bool {
+	return mount == rec.Mount && st.Ino == rec.Ino && uint32(st.Mode)&unix.S_IFMT == rec.Type && sameBirth(rec, st)
 }
 
 // maxDepth bounds the parent chain walked to re-resolve a node, so a
@@ -326,7 +333,7 @@ func (t *Table) get(id NodeID, depth int) (*Node, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("nodeid %d: %w", id, err)
 	}
-	if m.Index != rec.Mount || st.Ino != rec.Ino || uint32(st.Mode)&unix.S_IFMT != rec.Type || !sameBirth(rec, &st) {
+	if !isRecordedFile(rec, m.Index, &st) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("nodeid %d: %q in nodeid %d is another file now: %w", id, rec.Name, rec.Parent, unix.ESTALE)
 	}
@@ -522,23 +529,30 @@ func (t *Table) LookupEntry(parent *Node, name string, st *unix.Statx_t) (Entry,
 		return Entry{}, err
 	}
 	if m != nil {
-		key := inoKey{m.Index, st.Ino}
-		typ := uint32(st.Mode) & unix.S_IFMT
-		t.mu.RLock()
-		n, hit := t.byKey[key]
-		room := len(t.ring) < t.opts.MaxOpenFDs
-		if hit && n.Type == typ {
-			id := n.ID
-			n.clock.Store(true)
-			t.mu.RUnlock()
-			return Entry{ID: id, Mount: m}, nil
+		e, hit, room := t.cachedEntry(m, st)
+		if hit {
+			return e, nil
 		}
-		t.mu.RUnlock()
 		if !room {
-			return t.recordEntry(parent, name, m, st, -1)
+			return t.recordNew(parent, name, m, st, -1)
 		}
 	}
 	return t.lookupEntry(parent, name, st)
+}
+
+// cachedEntry returns the entry of the file st on mount m if the fd cache
+// holds its node (marking it used), and whether the cache has room for
+// another node.
+func (t *Table) cachedEntry(m *Mount, st *unix.Statx_t) (e Entry, hit, room bool) {
+	key := inoKey{m.Index, st.Ino}
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	room = len(t.ring) < t.opts.MaxOpenFDs
+	if n, ok := t.byKey[key]; ok && n.Type == uint32(st.Mode)&unix.S_IFMT {
+		n.clock.Store(true)
+		return Entry{ID: n.ID, Mount: m}, true, room
+	}
+	return Entry{}, false, room
 }
 
 // Created records the file the caller has just created (or opened with
@@ -560,16 +574,16 @@ func (t *Table) Created(parent *Node, name string, fd int, st *unix.Statx_t) (En
 // recording it if it is new. fd is the file itself if the caller has it
 // open (for its host handle), -1 if not.
 func (t *Table) recordEntry(parent *Node, name string, m *Mount, st *unix.Statx_t, fd int) (Entry, error) {
-	key := inoKey{m.Index, st.Ino}
-	typ := uint32(st.Mode) & unix.S_IFMT
-	t.mu.RLock()
-	if n, ok := t.byKey[key]; ok && n.Type == typ {
-		id := n.ID
-		n.clock.Store(true)
-		t.mu.RUnlock()
-		return Entry{ID: id, Mount: m}, nil
+	if e, hit, _ := t.cachedEntry(m, st); hit {
+		return e, nil
 	}
-	t.mu.RUnlock()
+	return t.recordNew(parent, name, m, st, fd)
+}
+
+// recordNew is recordEntry for a file the fd cache was just found not to
+// hold.
+func (t *Table) recordNew(parent *Node, name string, m *Mount, st *unix.Statx_t, fd int) (Entry, error) {
+	key := inoKey{m.Index, st.Ino}
 	kl := t.keyLock(key)
 	kl.Lock()
 	defer kl.Unlock()
