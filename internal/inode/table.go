@@ -94,6 +94,10 @@ func New(rootPath string, store Store, opts Options) (*Table, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open shared directory %s: %w", rootPath, err)
 	}
+	if err := reserveFDTable(fd, opts.MaxOpenFDs+fdTableHeadroom); err != nil {
+		// Only a cost: the table then grows as fds are opened.
+		opts.Logger.Debug("fd table not grown up front", "err", err)
+	}
 	t := &Table{
 		opts: opts, log: opts.Logger,
 		seed: maphash.MakeSeed(),
