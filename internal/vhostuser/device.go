@@ -380,22 +380,34 @@ func (d *device) setVringFD(m *wire.Message) error {
 	if noFD != (m.NumFDs() == 0) {
 		return &wire.FDCountError{Request: m.Request, Min: 1, Max: 1, Got: m.NumFDs()}
 	}
-	var f *os.File
-	if !noFD {
-		f, err = m.TakeFile(0, fmt.Sprintf("%v-%d", m.Request, v.index), m.Request == wire.ReqSetVringKick)
+	name := fmt.Sprintf("%v-%d", m.Request, v.index)
+	switch m.Request {
+	case wire.ReqSetVringKick:
+		if noFD {
+			return errors.New("polling mode (no kick fd) is not supported")
+		}
+		fd, err := m.TakeFD(0, name, true)
 		if err != nil {
 			return err
 		}
-	}
-	switch m.Request {
-	case wire.ReqSetVringKick:
-		if f == nil {
-			return errors.New("polling mode (no kick fd) is not supported")
-		}
-		return v.setKick(f)
+		return v.setKick(newEventFD(fd))
 	case wire.ReqSetVringCall:
-		v.setCall(f)
+		var call *eventFD
+		if !noFD {
+			fd, err := m.TakeFD(0, name, false)
+			if err != nil {
+				return err
+			}
+			call = newEventFD(fd)
+		}
+		v.setCall(call)
 	default:
+		var f *os.File
+		if !noFD {
+			if f, err = m.TakeFile(0, name, false); err != nil {
+				return err
+			}
+		}
 		v.setErr(f)
 	}
 	return nil

@@ -166,9 +166,21 @@ func (d *device) restore(st *ConnectionState, take func(int) *os.File) error {
 		v.num, v.base, v.addrSet = vs.Num, vs.LastAvail, vs.AddrSet
 		v.addr = wire.VringAddr{Index: uint32(i), Flags: vs.AddrFlags, DescUser: vs.DescUser,
 			UsedUser: vs.UsedUser, AvailUser: vs.AvailUser, Log: vs.LogAddr}
-		v.kick, v.errFD = take(vs.KickFD), take(vs.ErrFD)
+		v.errFD = take(vs.ErrFD)
+		kick, err := takeEventFD(take(vs.KickFD))
+		if err != nil {
+			return fmt.Errorf("vhostuser: resume vring %d: %w", i, err)
+		}
+		call, err := takeEventFD(take(vs.CallFD))
+		if err != nil {
+			if kick != nil {
+				kick.Close()
+			}
+			return fmt.Errorf("vhostuser: resume vring %d: %w", i, err)
+		}
+		v.kick = kick
 		v.mu.Lock()
-		v.call = take(vs.CallFD)
+		v.call = call
 		v.logUsed, v.logAddr = vs.AddrFlags&wire.VringAddrFLog != 0, vs.LogAddr
 		v.mu.Unlock()
 		v.enabled.Store(vs.Enabled)

@@ -32,8 +32,8 @@ type vring struct {
 	num     uint16
 	addr    wire.VringAddr
 	addrSet bool
-	base    uint16 // next avail index, valid while stopped
-	kick    *os.File
+	base    uint16   // next avail index, valid while stopped
+	kick    *eventFD // see eventFD
 	errFD   *os.File
 	running *runner // nil while stopped
 
@@ -53,7 +53,7 @@ type vring struct {
 	// badChains counts refused chains, to rate-limit their log lines.
 	badChains uint64 // +checklocks:mu
 	// call is the eventfd to interrupt the driver, or nil.
-	call *os.File // +checklocks:mu
+	call *eventFD // +checklocks:mu
 	// broken is set when the driver broke the ring protocol; the ring
 	// then takes no more requests until it is restarted.
 	broken bool // +checklocks:mu
@@ -145,7 +145,7 @@ func (v *vring) setAddr(a wire.VringAddr) error {
 	return nil
 }
 
-func (v *vring) setKick(f *os.File) error {
+func (v *vring) setKick(f *eventFD) error {
 	wasRunning := v.started()
 	v.stop(0)
 	if v.kick != nil {
@@ -161,7 +161,7 @@ func (v *vring) setKick(f *os.File) error {
 	return nil
 }
 
-func (v *vring) setCall(f *os.File) {
+func (v *vring) setCall(f *eventFD) {
 	v.mu.Lock()
 	old := v.call
 	v.call = f
@@ -173,7 +173,7 @@ func (v *vring) setCall(f *os.File) {
 	// when the guest masks a vector) must not be lost; a spurious one is
 	// harmless.
 	if f != nil && v.started() {
-		signal(f)
+		f.signal()
 	}
 }
 
@@ -187,7 +187,7 @@ func (v *vring) setErr(f *os.File) {
 func (v *vring) setEnabled(e bool) {
 	v.enabled.Store(e)
 	if e && v.started() {
-		signal(v.kick) // wake the kick goroutine to look at the ring
+		v.kick.signal() // wake the kick goroutine to look at the ring
 	}
 }
 
@@ -225,7 +225,7 @@ func (v *vring) start() error {
 	r := &runner{done: make(chan struct{}), abandoned: make(chan struct{}), slots: make([]request, q.Size()),
 		wake: os.NewFile(uintptr(wfd), "vring-wake"), wakeFD: wfd, kickFD: -1}
 	if v.index == 0 && v.d.cfg.ThreadPoolSize == 0 {
-		kfd, err := unix.FcntlInt(uintptr(rawFD(v.kick)), unix.F_DUPFD_CLOEXEC, 0)
+		kfd, err := dupCloexec(v.kick.fd)
 		if err != nil {
 			q.Close()
 			r.wake.Close()
@@ -375,10 +375,11 @@ func (v *vring) getBase() uint16 {
 // reset stops the ring and forgets its configuration and fds.
 func (v *vring) reset() {
 	v.stop(v.d.cfg.AbandonAfter)
-	for _, f := range []*os.File{v.kick, v.errFD} {
-		if f != nil {
-			f.Close()
-		}
+	if v.kick != nil {
+		v.kick.Close()
+	}
+	if v.errFD != nil {
+		v.errFD.Close()
 	}
 	v.kick, v.errFD = nil, nil
 	v.setCall(nil)
@@ -402,7 +403,7 @@ func (v *vring) remap(mem *virtqueue.Memory) {
 }
 
 // loop is the kick goroutine: drain the ring, wait for a kick, repeat.
-func (v *vring) loop(r *runner, kick *os.File) {
+func (v *vring) loop(r *runner, kick *eventFD) {
 	// A front-end that truncates a memory file under us makes guest
 	// memory accesses fault; turn that into a panic recoverRing catches.
 	debug.SetPanicOnFault(true)
@@ -412,7 +413,7 @@ func (v *vring) loop(r *runner, kick *os.File) {
 	}
 	defer v.recoverRing()
 	defer r.wake.Close()
-	kfd, wfd := rawFD(kick), r.wakeFD
+	kfd, wfd := kick.fd, r.wakeFD
 	if kfd < 0 || wfd < 0 {
 		v.log.Error("kick or wake eventfd unusable; ring stops")
 		return
@@ -805,7 +806,7 @@ func (v *vring) pushLocked(head uint16, n uint32) {
 // entries pushed so far.
 func (v *vring) notifyLocked() {
 	if v.q.NeedNotify() && v.call != nil {
-		signal(v.call)
+		v.call.signal()
 	}
 }
 

@@ -83,18 +83,28 @@ func (m *Message) NumFDs() int { return len(m.FDs) }
 // runtime poller (and deadlines) work on it; for the eventfds in use the
 // flag is already set by QEMU, so the shared open file is not changed.
 func (m *Message) TakeFile(i int, name string, pollable bool) (*os.File, error) {
+	fd, err := m.TakeFD(i, name, pollable)
+	if err != nil {
+		return nil, err
+	}
+	return os.NewFile(uintptr(fd), name), nil
+}
+
+// TakeFD is TakeFile for a caller that keeps the plain descriptor (and
+// so keeps it out of the Go runtime's poller).
+func (m *Message) TakeFD(i int, name string, nonblock bool) (int, error) {
 	if i >= len(m.FDs) || m.FDs[i] < 0 {
-		return nil, &FDCountError{Request: m.Request, Min: i + 1, Max: i + 1, Got: len(m.FDs)}
+		return -1, &FDCountError{Request: m.Request, Min: i + 1, Max: i + 1, Got: len(m.FDs)}
 	}
 	fd := m.FDs[i]
 	m.FDs[i] = -1
-	if pollable {
+	if nonblock {
 		if err := unix.SetNonblock(fd, true); err != nil {
 			unix.Close(fd)
-			return nil, fmt.Errorf("%v: set %s non-blocking: %w", m.Request, name, err)
+			return -1, fmt.Errorf("%v: set %s non-blocking: %w", m.Request, name, err)
 		}
 	}
-	return os.NewFile(uintptr(fd), name), nil
+	return fd, nil
 }
 
 // Close closes every fd not taken.
