@@ -108,7 +108,19 @@ func pow2Floor(n int) int {
 	return p
 }
 
-func hashID(id NodeID) uint64 { return fmix64(uint64(id)) }
+// hashID places nodeid id in the record cache: shard id mod 16, set
+// id/16 (mod the shard's sets). Nodeids are handed out in order, so the
+// records of new nodes fill each shard's array front to back instead of
+// landing on random pages of it: a fresh daemon's first 10k nodes touch
+// ~240 of its 4 KiB pages, not all ~1500 (a page fault each, and a cache
+// miss per insert), and a run of recent nodeids never collides in a set
+// while it fits. Measured (8 interleaved runs against a mixing hash):
+// daemon CPU per cold LOOKUP at 1 / 4 in flight 23.5-26.6 -> 20.6-23.9 /
+// 10.8-12.3 -> 10.6-11.6 µs, per CREATE+RELEASE+UNLINK at 16 in flight
+// 14.2-16.1 -> 13.0-15.9 µs. Nodeids are the daemon's, not the guest's,
+// so a guest cannot aim them at one set. Inode numbers are the host
+// filesystem's (XFS encodes allocation groups in them): hashIno mixes.
+func hashID(id NodeID) uint64 { return uint64(id)<<60 | uint64(id)>>4 }
 
 func hashIno(k inoKey) uint64 { return fmix64(k.ino ^ uint64(k.mount)<<48 ^ 0x5bd1e995) }
 
