@@ -122,7 +122,21 @@ func pow2Floor(n int) int {
 // filesystem's (XFS encodes allocation groups in them): hashIno mixes.
 func hashID(id NodeID) uint64 { return uint64(id)<<60 | uint64(id)>>4 }
 
-func hashIno(k inoKey) uint64 { return fmix64(k.ino ^ uint64(k.mount)<<48 ^ 0x5bd1e995) }
+// hashIno places (mount, ino) in the ino cache: blocks of 64 consecutive
+// inode numbers at mixed places, the inodes of a block in consecutive
+// sets. Filesystems hand out inode numbers mostly in runs (tmpfs and btrfs
+// in order, ext4 within a block group, XFS within a chunk of 64), so the
+// files of a new directory or an untarred tree touch a few pages of the
+// arrays instead of a random page each; mixing the block keeps strided
+// numbering (XFS's allocation groups) from piling into a few sets.
+// Measured against a mixing hash of the whole number (6 interleaved bench
+// runs each, daemon CPU): cold LOOKUP at 1 in flight 25.2-28.2 -> 21.0-26.0
+// µs, CREATE+RELEASE+UNLINK at 16 14.6 -> 14.0 µs (medians), MKDIR+RMDIR
+// at 16 11.4 -> 10.1 µs, the 100k-file walk 4.75 -> 4.5 µs per LOOKUP;
+// cold LOOKUP at 16 unchanged.
+func hashIno(k inoKey) uint64 {
+	return fmix64(k.ino>>6^uint64(k.mount)<<48^0x5bd1e995) + k.ino&63
+}
 
 // shard and set for a hash: the top 4 bits pick the shard, the low bits the set.
 func (c *cache) shard(h uint64) *cacheShard { return &c.shards[h>>60] }

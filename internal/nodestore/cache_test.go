@@ -28,3 +28,31 @@ func TestCacheHoldsRunOfNodeids(t *testing.T) {
 		}
 	}
 }
+
+// The inode numbers of an aligned block of 64 go to 64 consecutive sets of
+// one shard (see hashIno), so all of them stay cached and a run of new
+// files touches a few pages of the ino arrays, not one each.
+func TestInoCacheKeepsBlocksTogether(t *testing.T) {
+	c := newCache(1 << 20)
+	for _, k0 := range []inoKey{{0, 64 * 12345}, {3, 1 << 40}, {1, 64}} {
+		h0 := hashIno(k0)
+		s0 := c.shard(h0)
+		mask := s0.inoMask
+		for i := range uint64(64) {
+			k := inoKey{k0.mount, k0.ino + i}
+			h := hashIno(k)
+			if c.shard(h) != s0 {
+				t.Fatalf("ino %d in another shard than ino %d", k.ino, k0.ino)
+			}
+			if got, want := h&mask, (h0+i)&mask; got != want {
+				t.Fatalf("ino %d in set %d, want %d (ino %d's set + %d)", k.ino, got, want, k0.ino, i)
+			}
+			c.putIno(k, NodeID(100+i))
+		}
+		for i := range uint64(64) {
+			if id, ok := c.getIno(inoKey{k0.mount, k0.ino + i}); !ok || id != NodeID(100+i) {
+				t.Fatalf("ino %d: got %d, %v", k0.ino+i, id, ok)
+			}
+		}
+	}
+}
