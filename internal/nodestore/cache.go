@@ -114,12 +114,12 @@ func pow2Floor(n int) int {
 // landing on random pages of it: a fresh daemon's first 10k nodes touch
 // ~240 of its 4 KiB pages, not all ~1500 (a page fault each, and a cache
 // miss per insert), and a run of recent nodeids never collides in a set
-// while it fits. Measured (8 interleaved runs against a mixing hash):
-// daemon CPU per cold LOOKUP at 1 / 4 in flight 23.5-26.6 -> 20.6-23.9 /
-// 10.8-12.3 -> 10.6-11.6 µs, per CREATE+RELEASE+UNLINK at 16 in flight
-// 14.2-16.1 -> 13.0-15.9 µs. Nodeids are the daemon's, not the guest's,
-// so a guest cannot aim them at one set. Inode numbers are the host
-// filesystem's (XFS encodes allocation groups in them): hashIno mixes.
+// while it fits. Measured against a mixing hash (interleaved bench runs,
+// daemon CPU, medians): cold LOOKUP at 1 / 4 / 16 in flight 24.5 / 11.5 /
+// 7.4 -> 21.8 / 11.0 / 7.0 µs (4 / 8 / 8 runs each), CREATE+RELEASE+UNLINK
+// at 16 in flight 15.0 -> 14.2 µs (8 runs). Nodeids are the daemon's,
+// not the guest's, so a guest cannot aim them at one set. Inode numbers
+// are the host filesystem's: hashIno mixes them by blocks.
 func hashID(id NodeID) uint64 { return uint64(id)<<60 | uint64(id)>>4 }
 
 // hashIno places (mount, ino) in the ino cache: blocks of 64 consecutive
