@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"os"
-	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -70,15 +69,3 @@ func (e *eventFD) signal() {
 }
 
 func (e *eventFD) Close() error { return unix.Close(e.fd) }
-
-// SyscallConn lets fdList duplicate it for a snapshot.
-func (e *eventFD) SyscallConn() (syscall.RawConn, error) { return fdConn(e.fd), nil }
-
-// fdConn is a syscall.RawConn for a plain descriptor (Control only).
-type fdConn int
-
-func (c fdConn) Control(f func(fd uintptr)) error { f(uintptr(c)); return nil }
-
-func (c fdConn) Read(func(fd uintptr) bool) error { return syscall.EINVAL }
-
-func (c fdConn) Write(func(fd uintptr) bool) error { return syscall.EINVAL }

@@ -2,7 +2,6 @@ package vhostuser
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"syscall"
@@ -169,12 +168,22 @@ func (l *fdList) add(f interface {
 		l.err = err
 		return -1
 	}
-	var nfd int
-	cerr := rc.Control(func(fd uintptr) {
-		nfd, err = dupCloexec(int(fd))
-	})
-	if cerr != nil || err != nil {
-		l.err = errors.Join(cerr, err)
+	idx := -1
+	if cerr := rc.Control(func(fd uintptr) { idx = l.addFD(int(fd), name) }); cerr != nil && l.err == nil {
+		l.err = cerr
+		return -1
+	}
+	return idx
+}
+
+// addFD dups fd and returns its index.
+func (l *fdList) addFD(fd int, name string) int {
+	if l.err != nil {
+		return -1
+	}
+	nfd, err := dupCloexec(fd)
+	if err != nil {
+		l.err = err
 		return -1
 	}
 	l.files = append(l.files, os.NewFile(uintptr(nfd), name))
@@ -222,14 +231,14 @@ func (d *device) snapshot() (*ConnectionState, []*os.File, error) {
 			KickFD: -1, CallFD: -1, ErrFD: -1,
 		}
 		if v.kick != nil {
-			vs.KickFD = fds.add(v.kick, "kick")
+			vs.KickFD = fds.addFD(v.kick.fd, "kick")
 		}
 		if v.errFD != nil {
 			vs.ErrFD = fds.add(v.errFD, "err")
 		}
 		v.mu.Lock()
 		if v.call != nil {
-			vs.CallFD = fds.add(v.call, "call")
+			vs.CallFD = fds.addFD(v.call.fd, "call")
 		}
 		if v.q != nil {
 			vs.LastAvail, vs.UsedIdx = v.q.LastAvail(), v.q.UsedIdx()
