@@ -26,20 +26,43 @@ import (
 // driver turns completions into new requests.
 const defaultPollMaxNS = 20000
 
-// limitProcs sizes the Go scheduler to the threads that serve rings: one
-// per request queue, or the worker pool's size per queue. More Ps than
-// that only spin looking for work between requests, and on a host whose
-// cores run the guest's vCPUs that spinning is taken from the guest (on a
-// 2-core machine it cost 15–25 % of GETATTR throughput at 16 in flight).
-// An explicit GOMAXPROCS in the environment wins.
+// limitProcs sizes the Go scheduler to the threads that serve rings (one
+// per request queue, or the worker pool's size per queue), plus one P for
+// everything else: the vhost-user connection, the node store's background
+// work, the GC's workers.
+//
+// The spare P is what keeps a ring's P with its thread while the thread
+// waits for a kick in poll(2) (waitKick): the runtime's sysmon takes the P
+// of a thread that stays in a system call longer than 20 µs unless another
+// P is idle, and with no idle P it took it on nearly every wait — a hand-off
+// of the P, a slower return from poll(2) to get a P back, the goroutine
+// moved between threads, and sysmon itself kept waking every 20 µs (the
+// shortest tick), ~6k times a second with one request in flight. With an
+// idle P it backs off to 10 ms ticks. Measured on a 2-core VM (4–13
+// interleaved runs per row, medians): daemon CPU per request down 8–14 %
+// on most bench rows (CREATE+RELEASE+UNLINK at 16 in flight 14.1 → 12.9
+// µs, the recorded workload with 16 in flight 19.0 → 16.4 µs) and 17–30 %
+// with two request queues (whose two ring threads had no spare P on two
+// CPUs: their throughput +11–40 %); at one request in flight throughput
+// dropped 1–13 % in that VM, whose idle vCPUs halt at once (sysmon's
+// ticks had kept one awake), and stays ahead of the Rust virtiofsd there.
+//
+// More Ps than that only spin looking for work between requests, and on a
+// host whose cores run the guest's vCPUs that spinning is taken from the
+// guest. An explicit GOMAXPROCS in the environment wins.
 func limitProcs(queues, pool int) (int, bool) {
 	if os.Getenv("GOMAXPROCS") != "" {
 		return runtime.GOMAXPROCS(0), false
 	}
-	n := max(1, queues) * max(1, pool)
-	n = min(n, runtime.NumCPU())
+	n := procsFor(queues, pool, runtime.NumCPU())
 	runtime.GOMAXPROCS(n)
 	return n, true
+}
+
+// procsFor is limitProcs' GOMAXPROCS: one P per ring thread, at most one
+// per CPU, and the spare.
+func procsFor(queues, pool, cpus int) int {
+	return min(max(1, queues)*max(1, pool), cpus) + 1
 }
 
 // serveVhostUser serves virtio-fs over vhost-user on --socket-path (which it
