@@ -460,7 +460,7 @@ func (t *Table) Register(parent *Node, name string, fd int, st *unix.Statx_t) (*
 		unix.Close(fd)
 		return n, nil
 	}
-	rec, err := t.recordLocked(parent.ID, name, m, st, func() (int32, []byte, error) { return t.handleOf(fd) })
+	rec, err := t.recordLocked(parent.ID, name, m, st, true, func() (int32, []byte, error) { return t.handleOf(fd) })
 	if err != nil {
 		unix.Close(fd)
 		return nil, err
@@ -591,7 +591,7 @@ func (t *Table) recordNew(parent *Node, name string, m *Mount, st *unix.Statx_t,
 	kl := t.keyLock(key)
 	kl.Lock()
 	defer kl.Unlock()
-	rec, err := t.recordLocked(parent.ID, name, m, st, func() (int32, []byte, error) {
+	rec, err := t.recordLocked(parent.ID, name, m, st, false, func() (int32, []byte, error) {
 		if fd >= 0 {
 			return t.handleOf(fd)
 		}
@@ -632,10 +632,12 @@ func (t *Table) cachedKey(key inoKey, typ uint32) *Node {
 }
 
 // recordLocked finds or creates the record of the file st, found as name in
-// parent on mount m (handle computes its host handle when needed). The
-// caller holds the key's lock, so concurrent lookups of one file agree on
-// one nodeid.
-func (t *Table) recordLocked(parent NodeID, name string, m *Mount, st *unix.Statx_t, handle func() (int32, []byte, error)) (Record, error) {
+// parent on mount m (handle computes its host handle when needed). held
+// says the caller keeps the node in the fd cache (Register): its record
+// need not take a place in the store's record cache too
+// (nodestore.Store.LookupOrInsertHeld). The caller holds the key's lock,
+// so concurrent lookups of one file agree on one nodeid.
+func (t *Table) recordLocked(parent NodeID, name string, m *Mount, st *unix.Statx_t, held bool, handle func() (int32, []byte, error)) (Record, error) {
 	typ := uint32(st.Mode) & unix.S_IFMT
 	fresh := Record{Mount: m.Index, Ino: st.Ino, Type: typ, Parent: parent, Name: name}
 	fresh.HandleType, fresh.Handle = birthHandle(st)
@@ -646,7 +648,11 @@ func (t *Table) recordLocked(parent NodeID, name string, m *Mount, st *unix.Stat
 		// insert at once) as for one recorded before (the record
 		// ByIno would return).
 		var inserted bool
-		rec, inserted, err = t.st().LookupOrInsert(fresh)
+		if held {
+			rec, inserted, err = t.st().LookupOrInsertHeld(fresh)
+		} else {
+			rec, inserted, err = t.st().LookupOrInsert(fresh)
+		}
 		if err != nil {
 			err = fmt.Errorf("record %q in the node table: %w", name, err)
 			t.warnInsert(err)

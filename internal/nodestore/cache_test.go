@@ -1,6 +1,9 @@
 package nodestore
 
-import "testing"
+import (
+	"errors"
+	"testing"
+)
 
 // A run of consecutive nodeids as long as the record cache's capacity
 // fills it exactly: every record of the run stays cached (see hashID). With
@@ -54,5 +57,65 @@ func TestInoCacheKeepsBlocksTogether(t *testing.T) {
 				t.Fatalf("ino %d: got %d, %v", k0.ino+i, id, ok)
 			}
 		}
+	}
+}
+
+// A record LookupOrInsertHeld inserts is not in the record cache (the
+// caller holds the node), yet reads back the same through every method,
+// with and without write-behind (whose window then serves the read), and
+// deletes as one LookupOrInsert inserted. LookupOrInsert still caches.
+func TestLookupOrInsertHeldSkipsRecordCache(t *testing.T) {
+	for _, wb := range []bool{false, true} {
+		t.Run(map[bool]string{false: "writethrough", true: "writebehind"}[wb], func(t *testing.T) {
+			s, err := open(t.TempDir(), Options{Logger: quietLogger(), WriteBehindRecords: wb})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			held, ins, err := s.LookupOrInsertHeld(rec(0, 7, 1, "held"))
+			if err != nil || !ins {
+				t.Fatalf("LookupOrInsertHeld = %+v %v %v", held, ins, err)
+			}
+			cached, ins, err := s.LookupOrInsert(rec(0, 8, 1, "cached"))
+			if err != nil || !ins {
+				t.Fatalf("LookupOrInsert = %+v %v %v", cached, ins, err)
+			}
+			if err := s.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			if _, ok := s.cache.get(held.ID); ok {
+				t.Errorf("LookupOrInsertHeld put nodeid %d in the record cache", held.ID)
+			}
+			if _, ok := s.cache.get(cached.ID); !ok {
+				t.Errorf("LookupOrInsert did not put nodeid %d in the record cache", cached.ID)
+			}
+			// Found again, not inserted: the ino cache and index have it.
+			if again, ins, err := s.LookupOrInsertHeld(rec(0, 7, 1, "other")); err != nil || ins || again.ID != held.ID {
+				t.Fatalf("LookupOrInsertHeld of the same key = %+v %v %v, want nodeid %d", again, ins, err, held.ID)
+			}
+			got, err := s.Get(held.ID)
+			if err != nil || !sameRecord(got, held) {
+				t.Fatalf("Get(%d) = %+v %v, want %+v", held.ID, got, err, held)
+			}
+			if got, err := s.ByIno(0, 7); err != nil || !sameRecord(got, held) {
+				t.Fatalf("ByIno(0, 7) = %+v %v, want %+v", got, err, held)
+			}
+			s.cache.delRec(held.ID) // as if evicted again: Delete reads it
+			if err := s.Delete(held.ID); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := s.Get(held.ID); !errors.Is(err, ErrNotFound) {
+				t.Fatalf("Get of the deleted nodeid %d: %v, want ErrNotFound", held.ID, err)
+			}
+			if _, err := s.ByIno(0, 7); !errors.Is(err, ErrNotFound) {
+				t.Fatalf("ByIno of the deleted record's key: %v, want ErrNotFound", err)
+			}
+			if got, err := s.Get(cached.ID); err != nil || !sameRecord(got, cached) {
+				t.Fatalf("Get(%d) = %+v %v, want %+v", cached.ID, got, err, cached)
+			}
+		})
 	}
 }

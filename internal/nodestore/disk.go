@@ -334,9 +334,13 @@ func (s *diskStore) Get(id NodeID) (Record, error) {
 	return s.getLocked(id)
 }
 
-// getLocked reads and verifies the record of id. s.mu must be held (either
-// way).
-func (s *diskStore) getLocked(id NodeID) (Record, error) {
+// getLocked reads and verifies the record of id, and caches it. s.mu must
+// be held (either way).
+func (s *diskStore) getLocked(id NodeID) (Record, error) { return s.readLocked(id, true) }
+
+// readLocked is getLocked; cache says whether a record read from the file
+// goes into the record cache (not for one about to be deleted).
+func (s *diskStore) readLocked(id NodeID, cache bool) (Record, error) {
 	if r, ok := s.cache.get(id); ok {
 		return r, nil
 	}
@@ -364,7 +368,9 @@ func (s *diskStore) getLocked(id NodeID) (Record, error) {
 		s.reportTampered(id, off)
 		return Record{}, fmt.Errorf("nodeid %d: %w", id, ErrTampered)
 	}
-	s.cache.putRec(r)
+	if cache {
+		s.cache.putRec(r)
+	}
 	return r, nil
 }
 
@@ -407,7 +413,7 @@ func (s *diskStore) Insert(r Record) (NodeID, error) {
 	if s.closed {
 		return 0, ErrClosed
 	}
-	rec, err := s.insertLocked(r, nil)
+	rec, err := s.insertLocked(r, nil, true)
 	if err != nil {
 		return 0, fmt.Errorf("nodestore: insert: %w", err)
 	}
@@ -415,6 +421,16 @@ func (s *diskStore) Insert(r Record) (NodeID, error) {
 }
 
 func (s *diskStore) LookupOrInsert(r Record) (Record, bool, error) {
+	return s.lookupOrInsert(r, true)
+}
+
+func (s *diskStore) LookupOrInsertHeld(r Record) (Record, bool, error) {
+	return s.lookupOrInsert(r, false)
+}
+
+// lookupOrInsert is LookupOrInsert; cache says whether a record it inserts
+// goes into the record cache.
+func (s *diskStore) lookupOrInsert(r Record, cache bool) (Record, bool, error) {
 	if err := validate(&r); err != nil {
 		return Record{}, false, err
 	}
@@ -430,7 +446,7 @@ func (s *diskStore) LookupOrInsert(r Record) (Record, bool, error) {
 	if found {
 		return old, false, nil
 	}
-	rec, err := s.insertLocked(r, &put)
+	rec, err := s.insertLocked(r, &put, cache)
 	if err != nil {
 		return Record{}, false, fmt.Errorf("nodestore: insert: %w", err)
 	}
@@ -439,9 +455,10 @@ func (s *diskStore) LookupOrInsert(r Record) (Record, bool, error) {
 
 // insertLocked stores r under a new nodeid. put, if not nil, is where a
 // probe made under the same hold of s.mu would put the index entry; it is
-// used unless the index changed meanwhile. The record returned shares its
-// Handle with the cache.
-func (s *diskStore) insertLocked(r Record, put *putSlot) (Record, error) {
+// used unless the index changed meanwhile. cache says whether the record
+// goes into the record cache (see LookupOrInsertHeld); the record returned
+// shares its Handle with the cache.
+func (s *diskStore) insertLocked(r Record, put *putSlot, cache bool) (Record, error) {
 	// Make room first, so that a failure (ENOSPC above all) leaves
 	// nothing half done. A migration step moves entries, so a probe made
 	// before it is stale.
@@ -510,7 +527,9 @@ func (s *diskStore) insertLocked(r Record, put *putSlot) (Record, error) {
 			return Record{}, fmt.Errorf("sync records: %w", err)
 		}
 	}
-	s.cache.putRecHint(r, hint)
+	if cache {
+		s.cache.putRecHint(r, hint)
+	}
 	s.cache.putIno(k, r.ID)
 	return r, nil
 }
@@ -711,7 +730,7 @@ func (s *diskStore) Delete(id NodeID) error {
 	if s.closed {
 		return ErrClosed
 	}
-	old, err := s.getLocked(id)
+	old, err := s.readLocked(id, false)
 	tampered := errors.Is(err, ErrTampered)
 	if err != nil && !tampered {
 		return fmt.Errorf("nodestore: delete: %w", err)

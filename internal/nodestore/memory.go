@@ -112,6 +112,11 @@ func (s *memStore) LookupOrInsert(r Record) (Record, bool, error) {
 	return s.recs[id], true, nil
 }
 
+// LookupOrInsertHeld is LookupOrInsert: a memory store has no cache.
+func (s *memStore) LookupOrInsertHeld(r Record) (Record, bool, error) {
+	return s.LookupOrInsert(r)
+}
+
 func (s *memStore) Update(r Record) error {
 	if err := validate(&r); err != nil {
 		return err

@@ -96,6 +96,19 @@ func BenchmarkLookupOrInsertNew(b *testing.B) {
 	})
 }
 
+// BenchmarkLookupOrInsertHeldNew is BenchmarkLookupOrInsertNew as the
+// inode table runs it for a node it keeps in its fd cache: the record
+// cache is not filled.
+func BenchmarkLookupOrInsertHeldNew(b *testing.B) {
+	onFreshStores(b, func(b *testing.B, s Store) {
+		for i := 0; b.Loop(); i++ {
+			if _, ins, err := s.LookupOrInsertHeld(benchRec(i)); err != nil || !ins {
+				b.Fatal(err, ins)
+			}
+		}
+	})
+}
+
 // BenchmarkInsertNew is Insert of new records into a fresh store.
 func BenchmarkInsertNew(b *testing.B) {
 	onFreshStores(b, func(b *testing.B, s Store) {

@@ -69,6 +69,18 @@ type Store interface {
 	// return, or inserts r if there is none, atomically: concurrent
 	// LOOKUPs of one host file agree on one nodeid.
 	LookupOrInsert(r Record) (rec Record, inserted bool, err error)
+	// LookupOrInsertHeld is LookupOrInsert for a caller that keeps the
+	// node in memory while it uses it (the inode table's fd cache): a
+	// record it inserts is not put in the store's record cache, which is
+	// for the nodes the caller does not hold (their Get, ByIno, Delete).
+	// Filling it for every new node was the store's dearest step in a
+	// cold LOOKUP (a cold line and, in a fresh daemon, a page fault per
+	// few dozen nodes, plus the retained name and handle): without it,
+	// daemon CPU per cold LOOKUP -7 / -10 / -12 % at 1 / 4 / 16 in
+	// flight (4 interleaved bench runs each). A later Get of the record
+	// reads it (from the write-behind window if it is among the newest),
+	// and caches it then.
+	LookupOrInsertHeld(r Record) (rec Record, inserted bool, err error)
 	// Update replaces the record r.ID (rename, new handle after host inode
 	// reuse). If r moves to another (mount, ino), r.ID becomes its owner
 	// and leaves the old one without owner if it owned it; if not, the

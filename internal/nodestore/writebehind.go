@@ -162,20 +162,28 @@ func (w *writeBehind) findLocked(id NodeID) int {
 	return -1
 }
 
-// read copies id's pending slot into dst and reports whether there is
-// one. Needs diskStore.mu held (either way).
+// read copies id's slot into dst if it is pending, or in the window (the
+// newest nodeids': a copy instead of a pread, for the Get or Delete of a
+// node that was inserted without being cached, see LookupOrInsertHeld),
+// and reports whether it did. Needs diskStore.mu held (either way).
 func (w *writeBehind) read(id NodeID, dst []byte) bool {
-	if w.n.Load() == 0 {
-		return false
-	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	i := w.findLocked(id)
-	if i < 0 {
-		return false
+	if w.n.Load() != 0 {
+		if i := w.findLocked(id); i >= 0 {
+			copy(dst, w.slots[i*slotSize:(i+1)*slotSize])
+			return true
+		}
 	}
-	copy(dst, w.slots[i*slotSize:(i+1)*slotSize])
-	return true
+	// The window spans one allocation chunk that the file has blocks
+	// for (see writeLocked), and a mapped page is the page cache's page,
+	// which pwrite updates too.
+	off := int64(id) * slotSize
+	if w.win != nil && off >= w.winOff && off+slotSize <= w.winOff+windowSize {
+		copy(dst, w.win[off-w.winOff:off-w.winOff+slotSize])
+		return true
+	}
+	return false
 }
 
 // drop forgets id's pending slot, if any, before a direct write of the
