@@ -981,3 +981,50 @@ func TestCrashWriteBehind(t *testing.T) {
 	}
 	checkMirrorT(t, c)
 }
+
+// The records file grows by allocChunk at a time: a fresh store's first
+// allocation holds the slots of the first 16384 nodes, so no insert among
+// them waits for another fallocate (each one stalled the requests queued
+// behind it, see allocChunk), and the next chunk comes only after them.
+func TestRecordsPreallocatedInLargeChunks(t *testing.T) {
+	dir := t.TempDir()
+	s, err := open(dir, Options{Logger: quietLogger(), WriteBehindRecords: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	size := func() int64 {
+		t.Helper()
+		var st unix.Stat_t
+		if err := unix.Fstat(s.recFD, &st); err != nil {
+			t.Fatal(err)
+		}
+		return st.Size
+	}
+	perChunk := allocChunk / slotSize
+	if perChunk < 16384 {
+		t.Fatalf("allocation chunk of %d slots, want at least 16384", perChunk)
+	}
+	for i := 0; s.next < NodeID(perChunk); i++ {
+		if _, _, err := s.LookupOrInsertHeld(rec(0, uint64(i)+2, 1, "f")); err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			if got := size(); got != allocChunk {
+				t.Fatalf("records file of %d bytes after the first insert, want one chunk of %d", got, allocChunk)
+			}
+		}
+	}
+	if got := size(); got != allocChunk {
+		t.Fatalf("records file of %d bytes after %d nodes, want still %d", got, s.next-1, allocChunk)
+	}
+	if _, _, err := s.LookupOrInsertHeld(rec(0, 1<<30, 1, "next")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if got := size(); got != 2*allocChunk {
+		t.Fatalf("records file of %d bytes after nodeid %d, want two chunks (%d)", got, s.next-1, 2*allocChunk)
+	}
+}

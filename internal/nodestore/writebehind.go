@@ -65,9 +65,9 @@ const behindMax = 256
 // Overflow slots (records.ext) are written at once: they are rare, and
 // appended, so one written early is harmless (no main slot names it yet).
 //
-// The newest nodeids' slots are stored through a shared mapping of the
-// records file's last allocation chunk (the window, 256 KiB: 1024 slots)
-// rather than written with pwrite: a copy instead of a system call per
+// The newest nodeids' slots are stored through a shared mapping of 256
+// KiB of the records file around them (the window: 1024 slots, aligned,
+// inside one allocation chunk) rather than written with pwrite: a copy instead of a system call per
 // Flush, which in the daemon is one per request that recorded a new node
 // (a cold LOOKUP, a CREATE, a MKDIR). A mapped page is in the page cache
 // as a written one is, so what Flush stored survives the process alike,
@@ -112,9 +112,12 @@ type writeBehind struct {
 	noWin  bool   // +checklocks:mu
 }
 
-// windowSize is the span of the records file mapped for flushes: one
-// allocation chunk.
-const windowSize = allocChunk
+// windowSize is the span of the records file mapped for flushes. It
+// divides allocChunk, so an aligned window lies in one allocation chunk.
+const windowSize = 256 << 10
+
+// A compile-time check that windowSize divides allocChunk.
+var _ [0]struct{} = [allocChunk % windowSize]struct{}{}
 
 func newWriteBehind(fd int) *writeBehind {
 	return &writeBehind{
