@@ -73,8 +73,9 @@
 // 4 MiB; bigger indexes are not mirrored) plus small per-call buffers.
 // Measured with 1M records (24-byte handles, ~25-byte names) and the
 // default 8 MiB cache: RSS +21.5 MiB over the empty store (HeapInuse
-// 17.8 MiB, of which 2 MiB mirror; +17.5 MiB without it), on disk 277 MiB
-// (244 MiB of slots, the index at 2^21 entries × 16 bytes = 32 MiB).
+// 17.8 MiB, of which 2 MiB mirror; +17.5 MiB without it), on disk 280 MiB
+// (244 MiB of slots, preallocated up to 4 MiB ahead; the index at 2^21
+// entries × 16 bytes = 32 MiB).
 //
 // # Sealing
 //
