@@ -39,8 +39,8 @@ const defaultPollMaxNS = 20000
 // moved between threads, and sysmon itself kept waking every 20 µs (the
 // shortest tick), ~6k times a second with one request in flight. With an
 // idle P it leaves the ring's P alone (over a run of GETATTRs one at a
-// time: sysmon's sleeps 6354 → 3137, futex calls 888 → 218, most of what
-// is left between the bench's phases). Measured on a 2-core VM (4–13
+// time, warm-up included: sysmon's sleeps 6354 → 3137, futex calls 888 →
+// 218). Measured on a 2-core VM (4–13
 // interleaved runs per row, medians): daemon CPU per request down 8–14 %
 // on most bench rows (CREATE+RELEASE+UNLINK at 16 in flight 14.1 → 12.9
 // µs, the recorded workload with 16 in flight 19.0 → 16.4 µs) and 17–30 %
