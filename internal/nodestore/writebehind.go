@@ -182,7 +182,7 @@ func (w *writeBehind) read(id NodeID, dst []byte) bool {
 	// for (see writeLocked), and a mapped page is the page cache's page,
 	// which pwrite updates too.
 	off := int64(id) * slotSize
-	if w.win != nil && off >= w.winOff && off+slotSize <= w.winOff+windowSize {
+	if w.inWindowLocked(off, off+slotSize) {
 		copy(dst, w.win[off-w.winOff:off-w.winOff+slotSize])
 		return true
 	}
@@ -299,11 +299,18 @@ func (w *writeBehind) writeLocked(b []byte, off int64) error {
 			}
 		}
 	}
-	if w.win != nil && off >= w.winOff && end <= w.winOff+windowSize {
+	if w.inWindowLocked(off, end) {
 		copy(w.win[off-w.winOff:], b)
 		return nil
 	}
 	return pwriteFull(w.fd, b, off)
+}
+
+// inWindowLocked reports whether [off, end) of the records file is mapped.
+//
+// +checklocks:w.mu
+func (w *writeBehind) inWindowLocked(off, end int64) bool {
+	return w.win != nil && off >= w.winOff && end <= w.winOff+windowSize
 }
 
 // +checklocks:w.mu
