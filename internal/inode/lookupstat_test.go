@@ -130,14 +130,23 @@ func lookupEntry(t *testing.T, tab *Table, parent *Node, name string) NodeID {
 // LOOKUP (LookupEntry) answers a cached node from a statx of the name only
 // while the name still holds the cached file: after a host rename, a
 // replacement, a removal or a type change the name is resolved afresh,
-// below the fd bound and beyond it.
+// below the fd bound and beyond it, stating the name first or (in a run
+// of misses) opening it first.
 func TestLookupEntryFollowsHost(t *testing.T) {
-	for _, full := range []bool{false, true} {
-		t.Run(map[bool]string{false: "room", true: "full"}[full], func(t *testing.T) {
+	for _, mode := range []string{"room", "full", "open-first"} {
+		full := mode == "full"
+		t.Run(mode, func(t *testing.T) {
 			tab, dir := newTestTable(t, 4, HandlesNever)
 			root := tab.Root()
 			defer root.Release()
 			p := func(n string) string { return filepath.Join(dir, n) }
+			lookupEntry := func(t *testing.T, tab *Table, root *Node, name string) NodeID {
+				t.Helper()
+				if mode == "open-first" {
+					tab.lookupMisses.Store(openFirstAfter)
+				}
+				return lookupEntry(t, tab, root, name)
+			}
 			if full {
 				for i := range 4 {
 					os.WriteFile(p(fmt.Sprint("f", i)), nil, 0o644)
@@ -159,6 +168,9 @@ func TestLookupEntryFollowsHost(t *testing.T) {
 			}
 
 			checkFollowsHost(t, p, a, func(name string, st *unix.Statx_t) (NodeID, error) {
+				if mode == "open-first" {
+					tab.lookupMisses.Store(openFirstAfter)
+				}
 				e, err := tab.LookupEntry(root, name, st)
 				return e.ID, err
 			})

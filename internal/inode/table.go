@@ -62,6 +62,9 @@ type Table struct {
 	mounts mounts
 
 	lastInsertWarn atomic.Int64
+	// lookupMisses counts the LOOKUPs in a row whose node the fd cache
+	// did not hold (see LookupEntry); zeroed by a hit.
+	lookupMisses atomic.Int32
 
 	closeOnce sync.Once
 	closeErr  error
@@ -412,7 +415,8 @@ func (t *Table) Lookup(parent *Node, name string, st *unix.Statx_t) (*Node, erro
 		// register it only if the table knows it already.
 		return t.registerKnown(fd, st)
 	}
-	return t.Register(parent, name, fd, st)
+	n, _, err := t.register(parent, name, fd, st)
+	return n, err
 }
 
 // registerKnown returns the node for an fd reached through "..": directories
@@ -446,10 +450,17 @@ func (t *Table) registerKnown(fd int, st *unix.Statx_t) (*Node, error) {
 // parent and stated, and returns its node, referenced. Register takes
 // ownership of fd: it either becomes the node's fd or is closed.
 func (t *Table) Register(parent *Node, name string, fd int, st *unix.Statx_t) (*Node, error) {
+	n, _, err := t.register(parent, name, fd, st)
+	return n, err
+}
+
+// register is Register that also says whether the fd cache held the node
+// already (fd was then closed).
+func (t *Table) register(parent *Node, name string, fd int, st *unix.Statx_t) (*Node, bool, error) {
 	m, err := t.mountFor(st, fd)
 	if err != nil {
 		unix.Close(fd)
-		return nil, err
+		return nil, false, err
 	}
 	key := inoKey{m.Index, st.Ino}
 	typ := uint32(st.Mode) & unix.S_IFMT
@@ -458,14 +469,14 @@ func (t *Table) Register(parent *Node, name string, fd int, st *unix.Statx_t) (*
 	defer kl.Unlock()
 	if n := t.cachedKey(key, typ); n != nil {
 		unix.Close(fd)
-		return n, nil
+		return n, true, nil
 	}
 	rec, err := t.recordLocked(parent.ID, name, m, st, true, func() (int32, []byte, error) { return t.handleOf(fd) })
 	if err != nil {
 		unix.Close(fd)
-		return nil, err
+		return nil, false, err
 	}
-	return t.insertCache(&Node{ID: rec.ID, Type: typ, Mount: m, Ino: st.Ino, fd: fd}), nil
+	return t.insertCache(&Node{ID: rec.ID, Type: typ, Mount: m, Ino: st.Ino, fd: fd}), false, nil
 }
 
 // Entry is what a lookup that opened no fd returns: enough for a FUSE
@@ -527,7 +538,18 @@ func (t *Table) lookupEntry(parent *Node, name string, st *unix.Statx_t) (Entry,
 // rather than opening one fd and closing another per LOOKUP: a walk of a
 // million files costs one statx each. name must be a validated single
 // component other than "." and "..".
+//
+// The statx of the name is wasted on a file the fd cache does not hold
+// (opening it stats the fd again, to be sure of the file opened), and
+// such misses come in runs: a fresh daemon, a guest walking a tree it has
+// not seen. After openFirstAfter of them in a row, while the cache has
+// room, LookupEntry opens first, as Lookup does (an open and a statx per
+// new file instead of two statx and an open), until a LOOKUP finds its
+// node cached again.
 func (t *Table) LookupEntry(parent *Node, name string, st *unix.Statx_t) (Entry, error) {
+	if t.lookupMisses.Load() >= openFirstAfter && t.hasRoom() {
+		return t.openEntry(parent, name, st)
+	}
 	m, err := t.statName(parent, name, st)
 	if err != nil {
 		return Entry{}, err
@@ -535,13 +557,50 @@ func (t *Table) LookupEntry(parent *Node, name string, st *unix.Statx_t) (Entry,
 	if m != nil {
 		e, hit, room := t.cachedEntry(m, st)
 		if hit {
+			t.lookupMisses.Store(0)
 			return e, nil
+		}
+		if t.lookupMisses.Load() < openFirstAfter {
+			t.lookupMisses.Add(1)
 		}
 		if !room {
 			return t.recordNew(parent, name, m, st, -1)
 		}
 	}
 	return t.lookupEntry(parent, name, st)
+}
+
+// openFirstAfter is the run of LOOKUPs missing the fd cache after which
+// LookupEntry opens names without stating them first.
+const openFirstAfter = 8
+
+// openEntry is LookupEntry opening the name first: Lookup, keeping count
+// of the run of misses.
+func (t *Table) openEntry(parent *Node, name string, st *unix.Statx_t) (Entry, error) {
+	fd, err := openChild(parent.fd, name)
+	if err != nil {
+		return Entry{}, err
+	}
+	if err := Statx(fd, st); err != nil {
+		unix.Close(fd)
+		return Entry{}, err
+	}
+	n, cached, err := t.register(parent, name, fd, st)
+	if err != nil {
+		return Entry{}, err
+	}
+	defer n.Release()
+	if cached {
+		t.lookupMisses.Store(0)
+	}
+	return Entry{ID: n.ID, Mount: n.Mount}, nil
+}
+
+// hasRoom reports whether the fd cache holds fewer nodes than its bound.
+func (t *Table) hasRoom() bool {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	return len(t.ring) < t.opts.MaxOpenFDs
 }
 
 // cachedEntry returns the entry of the file st on mount m if the fd cache
