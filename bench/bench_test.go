@@ -262,3 +262,26 @@ func TestDrive(t *testing.T) {
 		t.Errorf("drive error: %v", err)
 	}
 }
+
+// Every run of a job samples the rows -rows selected, also when its first
+// row is not among them (that row's cell stays unmeasured, which is not a
+// failure to stop retrying on): here the vhost I/O job, whose first row is
+// READ 4 KiB.
+func TestRunsSampleRowsAfterTheFirst(t *testing.T) {
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		t.Fatalf("go env GOMOD: %v", err)
+	}
+	cfg := tinyConfig(t)
+	cfg.ModuleDir = filepath.Dir(strings.TrimSpace(string(out)))
+	cfg.Runs = 3
+	cfg.Daemons = []string{PeerGovVhost}
+	cfg.Rows = regexp.MustCompile(`^vhost-write-seq-d1$`)
+	res, err := Run(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := cell(t, res, "vhost-write-seq-d1", PeerGovVhost); !c.OK() || len(c.Samples) != 3 {
+		t.Errorf("vhost-write-seq-d1 over 3 runs: %+v, want 3 samples", c)
+	}
+}

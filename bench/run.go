@@ -235,7 +235,9 @@ func (r *runner) runJob(ctx context.Context, j *job, peers []*Daemon) {
 		samples[row.Name] = map[string][]float64{}
 		na[row.Name] = map[string]string{}
 	}
+	failed := make(map[string]bool) // peer → a sample failed or was skipped
 	fail := func(peer, why string) {
+		failed[peer] = true
 		for _, row := range j.rows {
 			if na[row.Name][peer] == "" {
 				na[row.Name][peer] = why
@@ -248,8 +250,11 @@ func (r *runner) runJob(ctx context.Context, j *job, peers []*Daemon) {
 			if ctx.Err() != nil {
 				return
 			}
-			if na[j.rows[0].Name][p.Name] != "" {
-				continue // failed before: do not retry the same failure
+			if failed[p.Name] {
+				// Failed before: do not retry the same failure. (Not
+				// read from the first row's cell, which -rows may have
+				// left unmeasured.)
+				continue
 			}
 			if why := r.skip(j, p); why != "" {
 				fail(p.Name, why)
