@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"runtime"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/govirtiofsd/govirtiofsd/internal/vhostuser/wire"
 	"github.com/govirtiofsd/govirtiofsd/internal/virtqueue"
+	"github.com/govirtiofsd/govirtiofsd/internal/yield"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 )
@@ -92,11 +92,10 @@ type runner struct {
 	// users counts the request threads polling or serving a helped run.
 	users atomic.Int32
 
-	// served counts the requests the kick goroutine served inline, and
-	// yielded is when it last yielded (see yieldAfter); only that
-	// goroutine touches them.
-	served  uint32
-	yielded time.Time
+	// yield keeps the kick goroutine, which serves requests inline
+	// without ever parking, from being preempted by the runtime's sysmon;
+	// only that goroutine touches it.
+	yield yield.Yielder
 }
 
 // request is one popped chain. It holds a reference on the memory table
@@ -583,35 +582,10 @@ func (v *vring) drain(r *runner, quiet bool) (queued, ok bool) {
 		}
 		v.serve(req)
 		v.helpHiprio()
-		if r.served++; r.served%yieldCheck == 0 {
-			if now := time.Now(); now.Sub(r.yielded) >= yieldAfter {
-				r.yielded = now
-				runtime.Gosched()
-			}
-		}
+		r.yield.Served() // see package yield
 	}
 	return queued, true
 }
-
-// The ring goroutine yields to the Go scheduler (runtime.Gosched) once it
-// has served requests inline for yieldAfter since it last did, checking
-// the clock every yieldCheck requests.
-//
-// Why: a busy ring goroutine never parks (it polls the ring, sleeps in a
-// plain poll(2), serves in place), so the scheduler never sees it
-// switch, and the runtime's sysmon takes it for one that hogged its P:
-// after 10 ms on one scheduling tick it preempts it with a signal
-// (SIGURG: a signal delivery, the goroutine requeued, often picked up by
-// another thread) and, if it is in a system call then, hands its P to
-// another thread, which resets sysmon to its fastest (20 µs) tick. Seen
-// as a SIGURG to the ring thread every 20-30 ms under load. A yield
-// every 64 requests instead cost GETATTR at 16 in flight a fifth of its
-// throughput (each yield wakes an idle P's thread to look for work);
-// one every 5 ms costs nothing measurable.
-const (
-	yieldAfter = 5 * time.Millisecond
-	yieldCheck = 64
-)
 
 // poll spins on the ring for up to Config.PollMax and reports whether the
 // driver published a chain meanwhile (on it, or on the hiprio ring, which
