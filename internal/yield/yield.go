@@ -55,8 +55,14 @@ func (y *Yielder) Served() {
 	if y.n++; y.n%check != 0 {
 		return
 	}
-	if now := time.Now(); now.Sub(y.last) >= After {
+	if now := clock(); now.Sub(y.last) >= After {
 		y.last = now
-		runtime.Gosched()
+		gosched()
 	}
 }
+
+// gosched and clock are runtime.Gosched and time.Now; tests replace them.
+var (
+	gosched = runtime.Gosched
+	clock   = time.Now
+)
