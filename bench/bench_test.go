@@ -33,6 +33,19 @@ func tinyConfig(t *testing.T) Config {
 	return cfg
 }
 
+// moduleConfig is tinyConfig for peers the bench builds from this module
+// (govirtiofsd, go-fuse's loopback).
+func moduleConfig(t *testing.T) Config {
+	t.Helper()
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		t.Fatalf("go env GOMOD: %v", err)
+	}
+	cfg := tinyConfig(t)
+	cfg.ModuleDir = filepath.Dir(strings.TrimSpace(string(out)))
+	return cfg
+}
+
 func cell(t *testing.T, res *Result, row, peer string) Cell {
 	t.Helper()
 	for _, r := range res.Rows {
@@ -109,12 +122,7 @@ func TestLoopbackMount(t *testing.T) {
 	if _, err := os.Stat("/dev/fuse"); err != nil {
 		t.Fatalf("no /dev/fuse: %v", err)
 	}
-	out, err := exec.Command("go", "env", "GOMOD").Output()
-	if err != nil {
-		t.Fatalf("go env GOMOD: %v", err)
-	}
-	cfg := tinyConfig(t)
-	cfg.ModuleDir = filepath.Dir(strings.TrimSpace(string(out)))
+	cfg := moduleConfig(t)
 	cfg.Runs = 2
 	cfg.Daemons = []string{PeerNative, PeerLoopback}
 	cfg.Rows = regexp.MustCompile(`^(stat-warm-sync|stat-cold|create-unlink|readdir-stat|seq-write|seq-read-cold|rand-read-4k|walk-cold-1500|fds-walk-1500|restart-1500)$`)
@@ -268,12 +276,7 @@ func TestDrive(t *testing.T) {
 // failure to stop retrying on): here the vhost I/O job, whose first row is
 // READ 4 KiB.
 func TestRunsSampleRowsAfterTheFirst(t *testing.T) {
-	out, err := exec.Command("go", "env", "GOMOD").Output()
-	if err != nil {
-		t.Fatalf("go env GOMOD: %v", err)
-	}
-	cfg := tinyConfig(t)
-	cfg.ModuleDir = filepath.Dir(strings.TrimSpace(string(out)))
+	cfg := moduleConfig(t)
 	cfg.Runs = 3
 	cfg.Daemons = []string{PeerGovVhost}
 	cfg.Rows = regexp.MustCompile(`^vhost-write-seq-d1$`)

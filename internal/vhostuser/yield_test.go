@@ -1,10 +1,8 @@
 package vhostuser
 
 import (
-	"net"
 	"os"
 	ossignal "os/signal"
-	"path/filepath"
 	"runtime/debug"
 	"sync"
 	"syscall"
@@ -19,18 +17,10 @@ import (
 // The garbage collector, which preempts goroutines with SIGURG too, is
 // off meanwhile.
 func TestBusyRingNotPreempted(t *testing.T) {
-	cfg := Config{
+	path := serveOnce(t, Config{
 		NewHandler:       func() Handler { return nopHandler{} },
 		NumRequestQueues: 1,
-		Logger:           quietLogger(t),
-	}
-	path := filepath.Join(t.TempDir(), "s")
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go Serve(t.Context(), ln, cfg)
+	})
 	f := dialFront(t, path)
 	defer f.Close()
 	// Warm up: the ring's first requests start its goroutine.
