@@ -21,9 +21,10 @@ type syscallCounter struct {
 	fds   []int
 }
 
-// countSyscalls locks the goroutine to its thread and starts counting
-// names on it; Stop unlocks. It needs root (or perf_event_paranoid ≤ 1)
-// and tracefs, which it mounts if it is not.
+// countSyscalls locks the goroutine to its thread and opens a counter of
+// each of names on it (count runs them); the test's cleanup closes them
+// and unlocks the thread. It needs root (or perf_event_paranoid ≤ 1) and
+// tracefs, which it mounts if it is not.
 func countSyscalls(t *testing.T, names ...string) *syscallCounter {
 	t.Helper()
 	const tracefs = "/sys/kernel/tracing"
