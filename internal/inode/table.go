@@ -401,22 +401,42 @@ func (t *Table) Lookup(parent *Node, name string, st *unix.Statx_t) (*Node, erro
 	if name == ".." && parent.ID == RootID {
 		return t.Root(), Statx(t.root.fd, st)
 	}
-	fd, err := openChild(parent.fd, name)
-	if err != nil {
-		return nil, err
-	}
-	if err := Statx(fd, st); err != nil {
-		unix.Close(fd)
-		return nil, err
-	}
 	if name == ".." {
+		fd, err := t.openStat(parent, name, st)
+		if err != nil {
+			return nil, err
+		}
 		// The guest asks for a parent it no longer caches (export
 		// support); the record's parent/name for it is unknown here, so
 		// register it only if the table knows it already.
 		return t.registerKnown(fd, st)
 	}
-	n, _, err := t.register(parent, name, fd, st)
+	n, _, err := t.openRegister(parent, name, st)
 	return n, err
+}
+
+// openStat opens name in parent (O_PATH, not following a symlink) and
+// stats the fd it got.
+func (t *Table) openStat(parent *Node, name string, st *unix.Statx_t) (int, error) {
+	fd, err := openChild(parent.fd, name)
+	if err != nil {
+		return -1, err
+	}
+	if err := Statx(fd, st); err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	return fd, nil
+}
+
+// openRegister is Lookup of a single component: open, stat, register. It
+// also says whether the fd cache held the node already.
+func (t *Table) openRegister(parent *Node, name string, st *unix.Statx_t) (*Node, bool, error) {
+	fd, err := t.openStat(parent, name, st)
+	if err != nil {
+		return nil, false, err
+	}
+	return t.register(parent, name, fd, st)
 }
 
 // registerKnown returns the node for an fd reached through "..": directories
@@ -577,15 +597,7 @@ const openFirstAfter = 8
 // openEntry is LookupEntry opening the name first: Lookup, keeping count
 // of the run of misses.
 func (t *Table) openEntry(parent *Node, name string, st *unix.Statx_t) (Entry, error) {
-	fd, err := openChild(parent.fd, name)
-	if err != nil {
-		return Entry{}, err
-	}
-	if err := Statx(fd, st); err != nil {
-		unix.Close(fd)
-		return Entry{}, err
-	}
-	n, cached, err := t.register(parent, name, fd, st)
+	n, cached, err := t.openRegister(parent, name, st)
 	if err != nil {
 		return Entry{}, err
 	}
