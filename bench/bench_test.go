@@ -260,6 +260,19 @@ func TestDrive(t *testing.T) {
 	if p := percentileUS(lat, 0.99); p < 1000 {
 		t.Errorf("p99 %vµs for 1 ms ops", p)
 	}
+	// The warm rows' passes: each item once per pass, in flight as before.
+	var times [10]atomic.Int32
+	if _, _, err := drive(context.Background(), 4, 3*len(times), passes(len(times), func(i int) error {
+		times[i].Add(1)
+		return nil
+	})); err != nil {
+		t.Fatal(err)
+	}
+	for i := range times {
+		if n := times[i].Load(); n != 3 {
+			t.Errorf("3 passes: item %d ran %d times", i, n)
+		}
+	}
 	_, _, err = drive(context.Background(), 3, 50, func(i int) error {
 		if i == 7 {
 			return errors.New("boom")

@@ -14,9 +14,15 @@ type Config struct {
 	Rows    *regexp.Regexp // rows to run; nil = all
 	Daemons []string       // peer names, column order (AllPeers)
 
-	Files        int           // files for the stat, create and readdir rows
-	Size         int64         // bytes of the sequential file
-	RandReads    int           // 4 KiB reads per random-read sample
+	Files     int   // files for the stat, create and readdir rows
+	Size      int64 // bytes of the sequential file
+	RandReads int   // 4 KiB reads per random-read sample
+	// WarmPasses is how many times the warm LOOKUP and GETATTR rows go
+	// over the stat directory's nodeids in one sample. One pass of 10k
+	// GETATTRs at 16 in flight takes 25–45 ms, short enough that one
+	// scheduling hiccup of a 2-vCPU machine moved a sample by a third;
+	// several passes average over many. Every peer gets the same requests.
+	WarmPasses   int
 	FioRuntime   time.Duration // length of each time-based fio sample
 	WalkFiles    int           // files in the cold walk tree (issue 3: 100k)
 	BigWalkFiles int           // files in the big walk tree (issue 3: 1M); 0 = skip those rows
@@ -55,7 +61,8 @@ func DefaultConfig() Config {
 		Daemons:      append([]string(nil), AllPeers...),
 		Files:        10_000,
 		Size:         1 << 30,
-		RandReads:    10_000,
+		RandReads:    40_000,
+		WarmPasses:   5,
 		FioRuntime:   2 * time.Second,
 		WalkFiles:    100_000,
 		BigWalkFiles: 1_000_000,
@@ -76,6 +83,8 @@ func (c *Config) validate() error {
 		return fmt.Errorf("size must be ≥ 4096, got %d", c.Size)
 	case c.RandReads < 1:
 		return fmt.Errorf("randreads must be ≥ 1, got %d", c.RandReads)
+	case c.WarmPasses < 1:
+		return fmt.Errorf("warmpasses must be ≥ 1, got %d", c.WarmPasses)
 	case c.WalkFiles < 1:
 		return fmt.Errorf("walkfiles must be ≥ 1, got %d", c.WalkFiles)
 	case c.BigWalkFiles < 0:

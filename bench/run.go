@@ -40,6 +40,7 @@ type Meta struct {
 	Files        int       `json:"files"`
 	Size         int64     `json:"size"`
 	RandReads    int       `json:"rand_reads"`
+	WarmPasses   int       `json:"warm_passes,omitempty"`
 	WalkFiles    int       `json:"walk_files"`
 	BigWalkFiles int       `json:"big_walk_files"`
 	Reference    string    `json:"reference"`
@@ -634,7 +635,8 @@ func meta(cfg *Config) Meta {
 	m := Meta{
 		Start: time.Now().UTC(), CPUs: runtime.NumCPU(), GoVersion: runtime.Version(),
 		FS: cfg.FS, Runs: cfg.Runs, Files: cfg.Files, Size: cfg.Size, RandReads: cfg.RandReads,
-		WalkFiles: cfg.WalkFiles, BigWalkFiles: cfg.BigWalkFiles, Reference: referencePeer,
+		WarmPasses: cfg.WarmPasses,
+		WalkFiles:  cfg.WalkFiles, BigWalkFiles: cfg.BigWalkFiles, Reference: referencePeer,
 	}
 	m.Host, _ = os.Hostname()
 	m.Fio = fioVersion()

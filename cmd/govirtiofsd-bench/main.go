@@ -42,6 +42,7 @@ func run(args []string) int {
 	fl.IntVar(&cfg.Files, "files", cfg.Files, "files for the stat, create+unlink and readdir rows")
 	size := fl.String("size", "1GiB", "size of the sequential file (bytes, or with KiB/MiB/GiB)")
 	fl.IntVar(&cfg.RandReads, "randreads", cfg.RandReads, "4 KiB random reads per sample")
+	fl.IntVar(&cfg.WarmPasses, "warmpasses", cfg.WarmPasses, "passes over the stat directory's nodeids per sample of the warm LOOKUP and GETATTR rows")
 	fl.DurationVar(&cfg.FioRuntime, "fioruntime", cfg.FioRuntime, "length of each time-based fio sample (random I/O rows)")
 	fl.IntVar(&cfg.WalkFiles, "walkfiles", cfg.WalkFiles, "files in the cold-walk tree")
 	fl.IntVar(&cfg.BigWalkFiles, "bigwalkfiles", cfg.BigWalkFiles, "files in the big walk tree for the RSS/fd rows (0 = skip)")
