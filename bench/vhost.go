@@ -349,14 +349,16 @@ func vhostMetaJob(cfg *Config, depth, nq int) *job {
 				e.cpuOps("vhost-lookup-warm"+s, m, float64(warm), "LOOKUP")
 				out["vhost-lookup-warm"+s] = float64(warm) / el.Seconds()
 			}
-			m = e.cpuStart()
-			lat, el, err = drive(ctx, depth, warm, passes(cnt, getattrAll(e, ids)))
-			if err != nil {
-				return nil, err
+			if e.want("vhost-getattr" + s) {
+				m = e.cpuStart()
+				lat, el, err = drive(ctx, depth, warm, passes(cnt, getattrAll(e, ids)))
+				if err != nil {
+					return nil, err
+				}
+				e.cpuOps("vhost-getattr"+s, m, float64(warm), "GETATTR")
+				out["vhost-getattr"+s] = float64(warm) / el.Seconds()
+				out["vhost-getattr"+s+"-p99"] = percentileUS(lat, 0.99)
 			}
-			e.cpuOps("vhost-getattr"+s, m, float64(warm), "GETATTR")
-			out["vhost-getattr"+s] = float64(warm) / el.Seconds()
-			out["vhost-getattr"+s+"-p99"] = percentileUS(lat, 0.99)
 			return out, nil
 		},
 	}

@@ -3,6 +3,7 @@ package nodestore
 import (
 	"errors"
 	"testing"
+	"unsafe"
 )
 
 // A run of consecutive nodeids as long as the record cache's capacity
@@ -117,5 +118,77 @@ func TestLookupOrInsertHeldSkipsRecordCache(t *testing.T) {
 				t.Fatalf("Get(%d) = %+v %v, want %+v", cached.ID, got, err, cached)
 			}
 		})
+	}
+}
+
+// Shards keep their locks on separate cache lines; a record set's tags
+// fill one line.
+func TestCacheLayout(t *testing.T) {
+	if n := unsafe.Sizeof(cacheShard{}); n != 128 {
+		t.Errorf("cacheShard is %d bytes, want 128", n)
+	}
+	if n := unsafe.Sizeof(recTags{}); n != 64 {
+		t.Errorf("recTags is %d bytes, want 64", n)
+	}
+}
+
+// Index hints survive the packing into a tag's meta word, next to the
+// reference bit; hints that do not fit are dropped, never truncated.
+func TestCacheHints(t *testing.T) {
+	c := newCache(1 << 20)
+	c.putRecHint(Record{ID: 7, Name: "a"}, ixHint{epoch: 3, old: true, pos: 0xfffffffe})
+	if h, ok := c.getHint(7); !ok || h != (ixHint{epoch: 3, old: true, pos: 0xfffffffe}) {
+		t.Errorf("hint %+v %v", h, ok)
+	}
+	c.get(7) // sets the reference bit
+	c.setHint(7, ixHint{epoch: 0xffff, pos: 5})
+	if h, ok := c.getHint(7); !ok || h != (ixHint{epoch: 0xffff, pos: 5}) {
+		t.Errorf("hint after setHint %+v %v", h, ok)
+	}
+	for _, h := range []ixHint{{epoch: 1 << 16, pos: 1}, {epoch: 1, pos: 1 << 32}, {}} {
+		c.setHint(7, h)
+		if got, ok := c.getHint(7); ok {
+			t.Errorf("hint %+v kept as %+v", h, got)
+		}
+	}
+	if r, ok := c.get(7); !ok || r.Name != "a" {
+		t.Errorf("record after hint changes: %+v %v", r, ok)
+	}
+	c.delRec(7)
+	if _, ok := c.get(7); ok {
+		t.Error("deleted record still cached")
+	}
+	if _, ok := c.getHint(7); ok {
+		t.Error("deleted record's hint still cached")
+	}
+}
+
+// CLOCK inside a set: a record read since the last pass survives the
+// next fill of its full set, one not read is evicted.
+func TestCacheClock(t *testing.T) {
+	c := newCache(1 << 20)
+	s := &c.shards[0]
+	sets := NodeID(len(s.tags))
+	// Nodeids 16*sets*k (k = 1..5) share shard 0's set 0 (see hashID).
+	id := func(k NodeID) NodeID { return 16 * sets * k }
+	for k := NodeID(1); k <= 4; k++ {
+		c.putRec(Record{ID: id(k), Name: "x"})
+	}
+	c.get(id(2))
+	c.putRec(Record{ID: id(5), Name: "x"})
+	if _, ok := c.get(id(2)); !ok {
+		t.Error("record read since the last pass was evicted")
+	}
+	if _, ok := c.get(id(5)); !ok {
+		t.Error("new record not cached")
+	}
+	evicted := 0
+	for _, k := range []NodeID{1, 3, 4} {
+		if _, ok := c.get(id(k)); !ok {
+			evicted++
+		}
+	}
+	if evicted != 1 {
+		t.Errorf("%d unread records evicted, want 1", evicted)
 	}
 }
