@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 
 	"golang.org/x/sys/unix"
 )
@@ -51,6 +52,8 @@ type index struct {
 	// there, so a tombstone for the bucket must not wait in pend (see
 	// diskStore.deferTombLocked). Usually empty: taking a key is rare.
 	over map[uint64]struct{}
+	// flushBuf is flushPending's list of buckets, kept between flushes.
+	flushBuf []uint64
 }
 
 // pendMax pending entries are written at once (flushPending): with
@@ -238,47 +241,60 @@ func (ix *index) writeBehind(pos, h, id uint64) {
 	ix.mirror(pos, h, id)
 }
 
-// flushPending writes the pending entries to the file: a 4 KiB page with
-// three or more of them is read, patched and written whole, others one
-// entry at a time.
+// flushPending writes the pending entries to the file, in bucket order: a
+// 4 KiB page with three or more of them is read, patched and written
+// whole, others one entry at a time.
+//
+// The buckets are sorted in a slice the index keeps, not grouped in a map
+// of per-page slices: that grouping (4096 map inserts and as many small
+// allocations per flush) was most of a flush's 0.25–1.35 ms.
 func (ix *index) flushPending() error {
 	if len(ix.pend) == 0 {
 		return nil
 	}
 	const perPage = 4096 / entrySize
-	byPage := make(map[uint64][]uint64, len(ix.pend))
+	ps := ix.flushBuf[:0]
 	for pos := range ix.pend {
-		byPage[pos/perPage] = append(byPage[pos/perPage], pos)
+		ps = append(ps, pos)
 	}
+	slices.Sort(ps)
+	ix.flushBuf = ps[:0]
 	var page [4096]byte
-	for pg, ps := range byPage {
-		if len(ps) >= 3 {
-			b := page[:min(perPage, ix.size()-pg*perPage)*entrySize]
-			if err := preadFull(ix.fd, b, int64(pg*perPage*entrySize)); err != nil {
-				return fmt.Errorf("read index: %w", err)
-			}
-			for _, pos := range ps {
+	for len(ps) > 0 {
+		pg := ps[0] / perPage
+		n := 1
+		for n < len(ps) && ps[n]/perPage == pg {
+			n++
+		}
+		run := ps[:n]
+		ps = ps[n:]
+		if len(run) < 3 {
+			for _, pos := range run {
 				e := ix.pend[pos]
-				o := (pos - pg*perPage) * entrySize
-				binary.LittleEndian.PutUint64(b[o:], e[0])
-				binary.LittleEndian.PutUint64(b[o+8:], e[1])
-			}
-			if err := pwriteFull(ix.fd, b, int64(pg*perPage*entrySize)); err != nil {
-				return fmt.Errorf("write index: %w", err)
-			}
-			for _, pos := range ps {
-				delete(ix.pend, pos)
-				delete(ix.over, pos)
+				if err := ix.write(pos, e[0], e[1]); err != nil {
+					return err
+				}
 			}
 			continue
 		}
-		for _, pos := range ps {
+		b := page[:min(perPage, ix.size()-pg*perPage)*entrySize]
+		if err := preadFull(ix.fd, b, int64(pg*perPage*entrySize)); err != nil {
+			return fmt.Errorf("read index: %w", err)
+		}
+		for _, pos := range run {
 			e := ix.pend[pos]
-			if err := ix.write(pos, e[0], e[1]); err != nil {
-				return err
-			}
+			o := (pos - pg*perPage) * entrySize
+			binary.LittleEndian.PutUint64(b[o:], e[0])
+			binary.LittleEndian.PutUint64(b[o+8:], e[1])
+		}
+		if err := pwriteFull(ix.fd, b, int64(pg*perPage*entrySize)); err != nil {
+			return fmt.Errorf("write index: %w", err)
 		}
 	}
+	// Every pending entry is in the file now; over names pending
+	// buckets only.
+	clear(ix.pend)
+	clear(ix.over)
 	return nil
 }
 
