@@ -612,8 +612,11 @@ func (t *Table) openEntry(parent *Node, name string, st *unix.Statx_t) (Entry, e
 func (t *Table) hasRoom() bool {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
-	return len(t.ring) < t.opts.MaxOpenFDs
+	return t.roomLocked()
 }
+
+// roomLocked is hasRoom for a caller holding t.mu.
+func (t *Table) roomLocked() bool { return len(t.ring) < t.opts.MaxOpenFDs }
 
 // cachedEntry returns the entry of the file st on mount m if the fd cache
 // holds its node (marking it used), and whether the cache has room for
@@ -622,7 +625,7 @@ func (t *Table) cachedEntry(m *Mount, st *unix.Statx_t) (e Entry, hit, room bool
 	key := inoKey{m.Index, st.Ino}
 	t.mu.RLock()
 	defer t.mu.RUnlock()
-	room = len(t.ring) < t.opts.MaxOpenFDs
+	room = t.roomLocked()
 	if n, ok := t.byKey[key]; ok && n.Type == uint32(st.Mode)&unix.S_IFMT {
 		n.clock.Store(true)
 		return Entry{ID: n.ID, Mount: m}, true, room
